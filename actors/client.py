@@ -1,0 +1,114 @@
+"""Client facades over Ray actor handles: cache handles, re-resolve after an actor error, and
+turn Ray's errors into paycell's (the model is ray.util.queue.Queue's wrapper).
+
+Ray never retries a call that moves money (max_task_retries=0); a failed charge call is an
+unknown outcome, resolved by query, never by sending the charge again.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
+
+from actors.names import channel_actor_name, shard_actor_name
+from channels.base import ChargeRequest, ChannelResult, NotSent, Notification, OutcomeUnknown
+from core.errors import Unavailable
+from core.order import CreateOrder
+from core.settings import Settings
+
+_RAY_FAILURES = (RayActorError, RayError, GetTimeoutError, ValueError)
+
+
+class _Handles:
+    def __init__(self, namespace: str) -> None:
+        self._namespace = namespace
+        self._cache: dict[str, Any] = {}
+
+    def get(self, name: str) -> Any:
+        handle = self._cache.get(name)
+        if handle is None:
+            handle = ray.get_actor(name, namespace=self._namespace)  # raises ValueError if absent
+            self._cache[name] = handle
+        return handle
+
+    def forget(self, name: str) -> None:
+        self._cache.pop(name, None)
+
+
+class ShardClient:
+    """What the gateway uses to reach shard actors."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._set = settings.orders.set_name
+        self._timeout_s = settings.gateway.shard_call_timeout_ms / 1000
+        self._handles = _Handles(settings.ray.namespace)
+
+    async def _call(self, shard: int, method: str, *args: Any) -> Any:
+        name = shard_actor_name(self._set, shard)
+        try:
+            ref = getattr(self._handles.get(name), method).remote(*args)
+            return await asyncio.wait_for(ref, self._timeout_s)
+        except asyncio.TimeoutError:
+            raise Unavailable(f"shard {shard} did not answer in time", retry_after_s=1) from None
+        except _RAY_FAILURES as e:
+            self._handles.forget(name)
+            raise Unavailable(f"shard {shard} unavailable ({type(e).__name__})",
+                              retry_after_s=1) from None
+
+    async def submit(self, shard: int, cmds: list[CreateOrder]) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._call(shard, "submit", cmds)
+        return result
+
+    async def get(self, shard: int, app_id: str, order_id: str) -> dict[str, Any] | None:
+        return await self._call(shard, "get", app_id, order_id)  # type: ignore[no-any-return]
+
+    async def find(self, shard: int, app_id: str, out_trade_no: str) -> dict[str, Any] | None:
+        return await self._call(shard, "find", app_id, out_trade_no)  # type: ignore[no-any-return]
+
+    async def notify(self, shard: int, note: Notification) -> bool:
+        return bool(await self._call(shard, "notify", note))
+
+    async def ping(self, shard: int) -> dict[str, Any]:
+        return await self._call(shard, "ping")  # type: ignore[no-any-return]
+
+
+class RayChannelPort:
+    """What a shard uses to reach channel actors (implements actors.shard.ChannelPort)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._set = settings.orders.set_name
+        # A bound above the connector's own HTTP timeout: past it the call's fate is unknown.
+        self._timeout_s = 2 * settings.alipay.call_timeout_ms / 1000 + 1
+        self._handles = _Handles(settings.ray.namespace)
+
+    async def _call(self, channel: str, method: str, *args: Any) -> ChannelResult:
+        name = channel_actor_name(self._set, channel)
+        try:
+            handle = self._handles.get(name)
+        except ValueError:
+            raise NotSent(f"channel actor {channel} does not exist") from None
+        try:
+            ref = getattr(handle, method).remote(*args)
+            tag, value = await asyncio.wait_for(ref, self._timeout_s)
+        except asyncio.TimeoutError:
+            raise OutcomeUnknown(f"channel actor {channel} timed out") from None
+        except _RAY_FAILURES as e:
+            self._handles.forget(name)
+            raise OutcomeUnknown(f"channel actor {channel}: {type(e).__name__}") from None
+        if tag == "ok":
+            assert isinstance(value, ChannelResult)
+            return value
+        if tag == "not_sent":
+            raise NotSent(value)
+        raise OutcomeUnknown(value)
+
+    async def charge(self, channel: str, req: ChargeRequest) -> ChannelResult:
+        return await self._call(channel, "charge", req)
+
+    async def query(self, channel: str, order_id: str, currency: str) -> ChannelResult:
+        return await self._call(channel, "query", order_id, currency)
+
+    async def cancel(self, channel: str, order_id: str) -> ChannelResult:
+        return await self._call(channel, "cancel", order_id)

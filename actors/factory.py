@@ -1,0 +1,76 @@
+"""The one place that applies ray.remote: actor options, names, and deployment of a SET."""
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+import redis.asyncio as aioredis
+
+from actors.channel import ChannelHost
+from actors.client import RayChannelPort
+from actors.names import channel_actor_name, shard_actor_name
+from actors.shard import OrderShard
+from actors.store import OrderStore
+from core.settings import Settings
+
+# Money-moving calls are never retried by Ray: paycell makes them idempotent and resolves by query.
+_COMMON = {"num_cpus": 0, "lifetime": "detached", "max_restarts": -1, "max_task_retries": 0,
+           "get_if_exists": True}
+
+
+def notify_url(settings: Settings, channel: str) -> str:
+    return f"{settings.gateway.base_url()}/v1/notify/{channel}"
+
+
+def redis_client(settings: Settings) -> aioredis.Redis:
+    r = settings.redis
+    return aioredis.from_url(r.effective_url(), socket_timeout=r.op_timeout_ms / 1000,
+                             socket_connect_timeout=r.connect_timeout_ms / 1000,
+                             max_connections=64)
+
+
+class LiveOrderShard(OrderShard):
+    """An OrderShard wired to Redis and to the channel actors."""
+
+    def __init__(self, settings: Settings, shard: int) -> None:
+        store = OrderStore(redis_client(settings), settings.orders.set_name, shard,
+                           idempotency_ttl_s=settings.orders.idempotency_ttl_s,
+                           commit_batch_max=settings.orders.commit_batch_max)
+        super().__init__(settings, shard, store=store, channels=RayChannelPort(settings),
+                         notify_url=notify_url(settings, "alipay"))
+
+
+def enabled_channels(settings: Settings) -> list[str]:
+    return ["alipay"] if settings.alipay.enabled else []
+
+
+def deploy(settings: Settings, timeout_s: float = 60) -> dict[str, Any]:
+    """Create (or find) the channel and shard actors of this SET and wait until they answer.
+
+    Sync, for drivers and launchers only (never call it from async code on the hot path).
+    """
+    ns, set_name = settings.ray.namespace, settings.orders.set_name
+    channels = []
+    for ch in enabled_channels(settings):
+        cls = ray.remote(ChannelHost).options(  # type: ignore[attr-defined]
+            name=channel_actor_name(set_name, ch), namespace=ns, **_COMMON)
+        channels.append(cls.remote(settings, ch, notify_url(settings, ch)))
+    shards = []
+    for i in range(settings.orders.shard_count):
+        cls = ray.remote(LiveOrderShard).options(  # type: ignore[attr-defined]
+            name=shard_actor_name(set_name, i), namespace=ns, **_COMMON)
+        shards.append(cls.remote(settings, i))
+    pings = ray.get([a.ping.remote() for a in channels + shards], timeout=timeout_s)
+    return {"channels": pings[:len(channels)], "shards": pings[len(channels):]}
+
+
+def teardown(settings: Settings) -> None:
+    """Kill this SET's detached actors (tests and `paycell down`); state stays in Redis."""
+    ns, set_name = settings.ray.namespace, settings.orders.set_name
+    names = [channel_actor_name(set_name, ch) for ch in enabled_channels(settings)]
+    names += [shard_actor_name(set_name, i) for i in range(settings.orders.shard_count)]
+    for name in names:
+        try:
+            ray.kill(ray.get_actor(name, namespace=ns), no_restart=True)
+        except ValueError:
+            pass

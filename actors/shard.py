@@ -1,0 +1,395 @@
+"""OrderShard: owns the orders of one partition (one shard of one SET).
+
+It enforces idempotency on (app_id, out_trade_no), applies the order state machine, writes every
+state change to Redis before acknowledging it (group commit in `OrderStore`), and drives each
+channel call with a deadline:
+
+  create -> durable PENDING (charge_sent) -> charge, wait up to sync_deadline_ms
+     answer in time  -> SUCCEEDED / FAILED (200) or still WAITING (202, then query)
+     no answer       -> 202 PENDING; the late answer still counts (rung "sync"), and an unknown
+                        outcome goes to the query schedule
+  query every query_interval_ms until async_window_ms after creation, then cancel (fences the
+  trade number at the channel: a late payment is refused or reversed).
+
+The charge is sent at most once per order, ever: a restarted shard finds its open orders in Redis
+and only queries them. Memory follows Redis: a record changes in memory only after its commit.
+"""
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import os
+from collections import OrderedDict
+from dataclasses import replace
+from typing import Any, Protocol
+
+from channels.base import ChargeRequest, ChannelResult, NotSent, Notification, OutcomeUnknown
+from core.clock import Clock, SystemClock
+from core.errors import IdempotencyConflict, Overloaded, PaycellError, Unavailable
+from core.ids import make_order_id
+from core.order import CreateOrder, Order
+from core.settings import Settings
+from core.states import Fact, Outcome, Rung
+
+log = logging.getLogger("paycell.shard")
+
+RECENT_FINAL_MAX = 20_000  # final orders kept in memory for fast idempotent replays
+
+
+class ChannelPort(Protocol):
+    async def charge(self, channel: str, req: ChargeRequest) -> ChannelResult: ...
+    async def query(self, channel: str, order_id: str, currency: str) -> ChannelResult: ...
+    async def cancel(self, channel: str, order_id: str) -> ChannelResult: ...
+
+
+class StorePort(Protocol):
+    async def get(self, order_id: str) -> Order | None: ...
+    async def find(self, app_id: str, out_trade_no: str) -> Order | None: ...
+    async def load_open(self) -> list[Order]: ...
+    async def commit(self, order: Order, *, new: bool = False) -> None: ...
+
+
+def reply_for(order: Order) -> dict[str, Any]:
+    return {"http": 202 if order.status.value == "PENDING" else 200, "order": order.to_api()}
+
+
+def error_reply(err: PaycellError) -> dict[str, Any]:
+    return {"error": err.code, "detail": err.detail, "retry_after_s": err.retry_after_s}
+
+
+class OrderShard:
+    def __init__(self, settings: Settings, shard: int, *, store: StorePort,
+                 channels: ChannelPort, clock: Clock | None = None, notify_url: str = "") -> None:
+        self._s = settings.orders
+        self._shard = shard
+        self._store = store
+        self._channels = channels
+        self._clock = clock or SystemClock()
+        self._notify_url = notify_url
+        self._open: dict[str, Order] = {}
+        self._recent: OrderedDict[str, Order] = OrderedDict()
+        self._by_key: dict[tuple[str, str], str] = {}
+        self._creating: dict[tuple[str, str], asyncio.Future[Order | None]] = {}
+        self._sync_done: dict[str, asyncio.Event] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._due: list[tuple[float, str, str]] = []   # (unix time, order_id, "query"|"cancel")
+        self._cancel_attempts: dict[str, int] = {}
+        self._channel_slots = asyncio.Semaphore(self._s.channel_calls_inflight_max)
+        self._started: asyncio.Future[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.counters = {"created": 0, "replayed": 0, "conflicts": 0, "late_sync": 0,
+                         "queries": 0, "cancels": 0, "notifies": 0, "fact_conflicts": 0}
+
+    # ------------------------------------------------------------------ lifecycle
+    async def ensure_started(self) -> None:
+        """Rebuild open orders from Redis once, before serving anything (retried if Redis is down)."""
+        if self._started is None or (self._started.done() and self._started.exception()):
+            self._started = asyncio.get_running_loop().create_future()
+            try:
+                await self._rebuild()
+            except BaseException as e:
+                self._started.set_exception(e)
+                self._started.exception()  # mark retrieved; the next call retries
+                raise
+            self._started.set_result(None)
+            self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
+        await asyncio.shield(self._started)
+
+    async def _rebuild(self) -> None:
+        orders = await self._store.load_open()
+        now = self._clock.time()
+        for o in orders:
+            self._remember(o)
+            # Query before anything else: the charge may or may not have reached the channel.
+            self._schedule(now, o.order_id, "query")
+        if orders:
+            log.info("shard %d rebuilt %d open orders", self._shard, len(orders))
+
+    async def ping(self) -> dict[str, Any]:
+        await self.ensure_started()
+        return {"shard": self._shard, "pid": os.getpid(), "open": len(self._open)}
+
+    async def stats(self) -> dict[str, Any]:
+        await self.ensure_started()
+        return {"shard": self._shard, "pid": os.getpid(), "open": len(self._open),
+                "recent": len(self._recent), "due": len(self._due), **self.counters}
+
+    # ------------------------------------------------------------------ memory
+    def _remember(self, o: Order) -> None:
+        self._by_key[(o.app_id, o.out_trade_no)] = o.order_id
+        if o.status.is_final:
+            self._open.pop(o.order_id, None)
+            self._recent[o.order_id] = o
+            self._recent.move_to_end(o.order_id)
+            while len(self._recent) > RECENT_FINAL_MAX:
+                old_id, old = self._recent.popitem(last=False)
+                if self._by_key.get((old.app_id, old.out_trade_no)) == old_id:
+                    del self._by_key[(old.app_id, old.out_trade_no)]
+        else:
+            self._open[o.order_id] = o
+
+    def _cached(self, order_id: str) -> Order | None:
+        return self._open.get(order_id) or self._recent.get(order_id)
+
+    async def _load(self, order_id: str) -> Order | None:
+        o = self._cached(order_id)
+        if o is None:
+            o = await self._store.get(order_id)
+            if o is not None:
+                self._remember(o)
+        return o
+
+    # ------------------------------------------------------------------ reads
+    async def get(self, app_id: str, order_id: str) -> dict[str, Any] | None:
+        await self.ensure_started()
+        o = await self._load(order_id)
+        return o.to_api() if o is not None and o.app_id == app_id else None
+
+    async def find(self, app_id: str, out_trade_no: str) -> dict[str, Any] | None:
+        await self.ensure_started()
+        o = await self._existing(app_id, out_trade_no)
+        return o.to_api() if o is not None else None
+
+    async def _existing(self, app_id: str, out_trade_no: str) -> Order | None:
+        key = (app_id, out_trade_no)
+        oid = self._by_key.get(key)
+        if oid is not None:
+            o = self._cached(oid)
+            if o is not None:
+                return o
+        pending = self._creating.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        o = await self._store.find(app_id, out_trade_no)
+        if o is not None:
+            self._remember(o)
+        return o
+
+    # ------------------------------------------------------------------ create and pay
+    async def submit(self, cmds: list[CreateOrder]) -> list[dict[str, Any]]:
+        """A batch of create-and-pay commands; one reply per command, in order."""
+        try:
+            await self.ensure_started()
+        except PaycellError as e:
+            return [error_reply(e)] * len(cmds)
+        return list(await asyncio.gather(*(self._submit_one(c) for c in cmds)))
+
+    async def _submit_one(self, cmd: CreateOrder) -> dict[str, Any]:
+        try:
+            order = await self._create_or_replay(cmd)
+            deadline = order.created_at + self._s.sync_deadline_ms / 1000
+            done = self._sync_done.get(order.order_id)
+            if done is not None:
+                remaining = deadline - self._clock.time()
+                if remaining > 0:
+                    try:
+                        await asyncio.wait_for(done.wait(), remaining)
+                    except asyncio.TimeoutError:
+                        pass
+            current = self._cached(order.order_id) or order
+            return reply_for(current)
+        except PaycellError as e:
+            return error_reply(e)
+
+    async def _create_or_replay(self, cmd: CreateOrder) -> Order:
+        key = (cmd.app_id, cmd.out_trade_no)
+        while True:
+            oid = self._by_key.get(key)
+            existing = self._cached(oid) if oid is not None else None
+            if existing is None:
+                creating = self._creating.get(key)
+                if creating is None:
+                    # _create registers the key before its first await: no second create races in.
+                    return await self._create(cmd)
+                existing = await asyncio.shield(creating)
+                if existing is None:
+                    continue  # that create failed (e.g. Redis down): try again ourselves
+            self._check_same(existing, cmd)
+            self.counters["replayed"] += 1
+            return existing
+
+    def _check_same(self, existing: Order, cmd: CreateOrder) -> None:
+        if existing.fingerprint != cmd.fingerprint():
+            self.counters["conflicts"] += 1
+            raise IdempotencyConflict(
+                f"out_trade_no {cmd.out_trade_no!r} was used for a different request")
+
+    async def _create(self, cmd: CreateOrder) -> Order:
+        key = (cmd.app_id, cmd.out_trade_no)
+        fut: asyncio.Future[Order | None] = asyncio.get_running_loop().create_future()
+        self._creating[key] = fut
+        try:
+            stored = await self._store.find(*key)
+            if stored is not None:
+                self._remember(stored)
+                fut.set_result(stored)
+                self._check_same(stored, cmd)
+                self.counters["replayed"] += 1
+                return stored
+            if len(self._open) >= self._s.open_orders_max:
+                raise Overloaded("too many open orders on this shard", retry_after_s=1)
+            now = self._clock.time()
+            oid = make_order_id(self._s.region, self._s.set_name, self._shard, int(now * 1000))
+            order = replace(Order.new(oid, cmd, now), charge_sent=True)
+            await self._store.commit(order, new=True)   # durable before the channel sees it
+            self._remember(order)
+            self.counters["created"] += 1
+            self._sync_done[oid] = asyncio.Event()
+            fut.set_result(order)
+            self._spawn(self._charge(order, cmd))
+            return order
+        except BaseException:
+            if not fut.done():
+                fut.set_result(None)
+            raise
+        finally:
+            self._creating.pop(key, None)
+
+    async def _charge(self, order: Order, cmd: CreateOrder) -> None:
+        req = ChargeRequest(order_id=order.order_id, amount=order.amount, currency=order.currency,
+                            subject=order.subject, payment_type=order.payment_type,
+                            auth_code=cmd.auth_code, notify_url=self._notify_url)
+        deadline = order.created_at + self._s.sync_deadline_ms / 1000
+        try:
+            async with self._channel_slots:
+                result = await self._channels.charge(order.channel, req)
+        except NotSent as e:
+            await self._learn(order.order_id, Fact.DECLINED, Rung.SYNC,
+                              failure_code="channel_unavailable", failure_message=str(e)[:200])
+        except (OutcomeUnknown, PaycellError) as e:
+            log.info("order %s charge outcome unknown: %s", order.order_id, type(e).__name__)
+            self._schedule(self._clock.time() + self._s.query_first_delay_ms / 1000,
+                           order.order_id, "query")
+        else:
+            if self._clock.time() > deadline:
+                self.counters["late_sync"] += 1
+            await self._learn(order.order_id, result.fact, Rung.SYNC, result=result)
+            if result.fact is Fact.WAITING:
+                self._schedule(self._clock.time() + self._s.query_first_delay_ms / 1000,
+                               order.order_id, "query")
+        finally:
+            ev = self._sync_done.pop(order.order_id, None)
+            if ev is not None:
+                ev.set()
+
+    # ------------------------------------------------------------------ facts
+    async def _learn(self, order_id: str, fact: Fact, rung: Rung, *,
+                     result: ChannelResult | None = None, failure_code: str = "",
+                     failure_message: str = "") -> Order | None:
+        """Apply one channel fact under the order's lock; commit before memory changes."""
+        lock = self._locks.setdefault(order_id, asyncio.Lock())
+        async with lock:
+            order = await self._load(order_id)
+            if order is None:
+                return None
+            if result is not None and fact is Fact.PAID and result.amount is not None \
+                    and result.amount != order.amount:
+                log.error("order %s: channel amount %s != %s; not applied",
+                          order_id, result.amount, order.amount)
+                self.counters["fact_conflicts"] += 1
+                return order
+            new, decision = order.learn(
+                fact, rung, self._clock.time(),
+                channel_trade_no=result.channel_trade_no if result else "",
+                failure_code=failure_code or (result.failure_code if result else ""),
+                failure_message=failure_message or (result.failure_message if result else ""))
+            if decision.outcome is Outcome.CONFLICT:
+                self.counters["fact_conflicts"] += 1
+                log.error("order %s: %s via %s contradicts %s; reported, not applied",
+                          order_id, fact.value, rung.value, order.status.value)
+            if new is not order:
+                await self._store.commit(new)
+                self._remember(new)
+            if new.status.is_final:
+                self._locks.pop(order_id, None)
+            return new
+
+    async def notify(self, note: Notification) -> bool:
+        """A verified channel notification; True when it was applied or already known."""
+        await self.ensure_started()
+        self.counters["notifies"] += 1
+        order = await self._load(note.order_id)
+        if order is None:
+            return False
+        if note.amount is not None and (note.amount != order.amount
+                                        or (note.currency and note.currency != order.currency)):
+            log.error("order %s: notified amount %s %s differs; rejected",
+                      note.order_id, note.amount, note.currency)
+            self.counters["fact_conflicts"] += 1
+            return False
+        result = ChannelResult(fact=note.fact, channel_trade_no=note.channel_trade_no,
+                               amount=note.amount, raw_status=note.raw_status)
+        await self._learn(note.order_id, note.fact, Rung.NOTIFY, result=result)
+        return True
+
+    # ------------------------------------------------------------------ async rung: the schedule
+    def _schedule(self, at: float, order_id: str, kind: str) -> None:
+        heapq.heappush(self._due, (at, order_id, kind))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._s.scheduler_tick_ms / 1000)
+            now = self._clock.time()
+            while self._due and self._due[0][0] <= now:
+                _, order_id, kind = heapq.heappop(self._due)
+                self._spawn(self._follow_up(order_id, kind))
+
+    async def _follow_up(self, order_id: str, kind: str) -> None:
+        order = self._open.get(order_id)
+        if order is None or order_id in self._sync_done:
+            if order is not None:  # the sync call is still running: look again later
+                self._schedule(self._clock.time() + self._s.query_interval_ms / 1000,
+                               order_id, kind)
+            return
+        try:
+            async with self._channel_slots:
+                if kind == "query":
+                    await self._query(order)
+                else:
+                    await self._cancel(order)
+        except PaycellError as e:  # Redis down while committing: the order stays open
+            log.warning("order %s follow-up failed: %s", order_id, e.code)
+            self._schedule(self._clock.time() + self._s.query_interval_ms / 1000, order_id, kind)
+
+    async def _query(self, order: Order) -> None:
+        self.counters["queries"] += 1
+        try:
+            result = await self._channels.query(order.channel, order.order_id, order.currency)
+        except (OutcomeUnknown, NotSent, PaycellError):
+            result = None
+        if result is not None and result.fact is not Fact.WAITING:
+            await self._learn(order.order_id, result.fact, Rung.QUERY, result=result)
+            return
+        now = self._clock.time()
+        if now >= order.created_at + self._s.async_window_ms / 1000:
+            self._schedule(now, order.order_id, "cancel")
+        else:
+            self._schedule(now + self._s.query_interval_ms / 1000, order.order_id, "query")
+
+    async def _cancel(self, order: Order) -> None:
+        self.counters["cancels"] += 1
+        try:
+            result = await self._channels.cancel(order.channel, order.order_id)
+        except (OutcomeUnknown, NotSent, PaycellError):
+            result = None
+        if result is not None and result.fact is Fact.CLOSED:
+            code = "reversed_after_window" if result.action == "refund" else "closed_unpaid"
+            await self._learn(order.order_id, Fact.CLOSED, Rung.QUERY, result=result,
+                              failure_code=code)
+            self._cancel_attempts.pop(order.order_id, None)
+            return
+        attempts = self._cancel_attempts.get(order.order_id, 0) + 1
+        self._cancel_attempts[order.order_id] = attempts
+        if attempts < self._s.cancel_attempts_max:
+            self._schedule(self._clock.time() + self._s.cancel_retry_interval_ms / 1000,
+                           order.order_id, "cancel")
+        else:
+            log.error("order %s: cancel failed %d times; left PENDING for reconciliation",
+                      order.order_id, attempts)

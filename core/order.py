@@ -1,0 +1,125 @@
+"""The order record, the create command that asks for one, and their wire forms."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from core.clock import rfc3339
+from core.states import Decision, Fact, OrderStatus, Outcome, Rung, apply
+
+
+@dataclass(frozen=True, slots=True)
+class CreateOrder:
+    """A validated merchant request to create and pay an order (what the gateway sends to a shard)."""
+    app_id: str
+    out_trade_no: str
+    user_id: str
+    amount: int
+    currency: str
+    subject: str
+    channel: str
+    payment_type: str
+    auth_code: str = field(default="", repr=False)  # payer's one-time code: never stored or logged
+    notify_url: str = ""
+
+    def fingerprint(self) -> str:
+        """Hash of the business fields that make two requests 'the same body'.
+
+        The payer's one-time auth code is left out on purpose: it is payer data we do not keep,
+        and a retry with a refreshed code is the same purchase.
+        """
+        text = "\x1f".join([self.app_id, self.out_trade_no, self.user_id, str(self.amount),
+                            self.currency, self.subject, self.channel, self.payment_type,
+                            self.notify_url])
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One entry of an order's history: which fact, through which rung, moved it where."""
+    at: float
+    status: str
+    fact: str
+    rung: str
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    order_id: str
+    app_id: str
+    out_trade_no: str
+    user_id: str
+    amount: int
+    currency: str
+    subject: str
+    channel: str
+    payment_type: str
+    fingerprint: str
+    created_at: float
+    updated_at: float
+    status: OrderStatus = OrderStatus.PENDING
+    resolved_by: Rung | None = None
+    channel_trade_no: str = ""
+    refunded_amount: int = 0
+    failure_code: str = ""
+    failure_message: str = ""
+    notify_url: str = ""
+    charge_sent: bool = False       # the charge request may have reached the channel
+    conflicts: int = 0              # contradictory facts seen (reported, never applied)
+    history: tuple[Change, ...] = ()
+
+    @classmethod
+    def new(cls, order_id: str, cmd: CreateOrder, now: float) -> "Order":
+        return cls(order_id=order_id, app_id=cmd.app_id, out_trade_no=cmd.out_trade_no,
+                   user_id=cmd.user_id, amount=cmd.amount, currency=cmd.currency,
+                   subject=cmd.subject, channel=cmd.channel, payment_type=cmd.payment_type,
+                   fingerprint=cmd.fingerprint(), created_at=now, updated_at=now,
+                   notify_url=cmd.notify_url)
+
+    def learn(self, fact: Fact, rung: Rung, now: float, *, channel_trade_no: str = "",
+              failure_code: str = "", failure_message: str = "") -> tuple["Order", Decision]:
+        """Apply a channel fact; returns the new record (self when nothing changed) and the decision."""
+        decision = apply(self.status, fact, rung)
+        if decision.outcome is Outcome.NOOP:
+            if channel_trade_no and not self.channel_trade_no:
+                return replace(self, channel_trade_no=channel_trade_no, updated_at=now), decision
+            return self, decision
+        if decision.outcome is Outcome.CONFLICT:
+            return replace(self, conflicts=self.conflicts + 1, updated_at=now), decision
+        return replace(
+            self, status=decision.status, resolved_by=decision.resolved_by, updated_at=now,
+            channel_trade_no=channel_trade_no or self.channel_trade_no,
+            failure_code=failure_code, failure_message=failure_message,
+            history=self.history + (Change(now, decision.status.value, fact.value, rung.value),),
+        ), decision
+
+    # ---- storage form (orjson-friendly dict) ----
+    def to_record(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["status"] = self.status.value
+        d["resolved_by"] = self.resolved_by.value if self.resolved_by else None
+        d["history"] = [[c.at, c.status, c.fact, c.rung] for c in self.history]
+        return d
+
+    @classmethod
+    def from_record(cls, d: dict[str, Any]) -> "Order":
+        d = dict(d)
+        d["status"] = OrderStatus(d["status"])
+        d["resolved_by"] = Rung(d["resolved_by"]) if d.get("resolved_by") else None
+        d["history"] = tuple(Change(*c) for c in d.get("history", ()))
+        return cls(**d)
+
+    # ---- public API form (../shared/API.md) ----
+    def to_api(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "order_id": self.order_id, "app_id": self.app_id, "out_trade_no": self.out_trade_no,
+            "status": self.status.value, "amount": self.amount, "currency": self.currency,
+            "channel": self.channel, "channel_trade_no": self.channel_trade_no or None,
+            "resolved_by": self.resolved_by.value if self.resolved_by else None,
+            "created_at": rfc3339(self.created_at), "updated_at": rfc3339(self.updated_at),
+            "refunded_amount": self.refunded_amount,
+        }
+        if self.status is OrderStatus.FAILED:
+            out["failure"] = {"code": self.failure_code, "message": self.failure_message}
+        return out

@@ -1,0 +1,275 @@
+"""One frozen settings tree, loaded once from YAML with PAYCELL_ environment overrides.
+
+Every value has a default that runs the local stack; every name carries its unit. Overrides use
+``PAYCELL_<SECTION>__<FIELD>`` (for example ``PAYCELL_ORDERS__SYNC_DEADLINE_MS=500``); the config
+file path comes from ``--config`` or ``PAYCELL_CONFIG``. Nothing here runs at import time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from core.errors import ConfigError
+from core.ids import check_part
+
+KEYS_DIR = Path(__file__).resolve().parent.parent / "channels" / "sandbox" / "keys"
+
+
+class Secret(str):
+    """A string whose repr and str are masked; `.reveal()` gives the value."""
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+
+@dataclass(frozen=True)
+class AppCredential:
+    app_id: str
+    secret: Secret
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_base_url: str = ""          # base URL channels call back; default http://host:port
+    body_max_bytes: int = 65_536
+    auth_window_s: int = 300
+    batch_max_orders: int = 64         # orders in one actor call
+    batch_linger_us: int = 500         # how long a non-full batch waits for company
+    shard_calls_inflight_max: int = 32  # concurrent actor calls per shard from one gateway
+    shard_queue_max_orders: int = 4096  # queued orders per shard before 503
+    shard_call_timeout_ms: int = 15_000  # a shard call slower than this answers 503 (order is safe)
+
+    def base_url(self) -> str:
+        return self.public_base_url or f"http://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    url: str = ""                      # empty: paycell starts and owns a local redis-server
+    host: str = "127.0.0.1"
+    port: int = 6390
+    appendfsync: str = "always"        # always | everysec
+    server_binary: str = "redis-server"
+    connect_timeout_ms: int = 2000
+    op_timeout_ms: int = 2000
+
+    def effective_url(self) -> str:
+        return self.url or f"redis://{self.host}:{self.port}/0"
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    address: str = ""                  # empty: start a local cluster on loopback
+    namespace: str = "paycell"
+    num_cpus: int = 0                  # 0: all cores
+
+
+@dataclass(frozen=True)
+class OrderSettings:
+    region: str = "local"
+    set_name: str = "s0"
+    shard_count: int = 4
+    sync_deadline_ms: int = 800        # the client's sync answer; later -> 202 PENDING
+    query_first_delay_ms: int = 1000   # first query after an unknown outcome
+    query_interval_ms: int = 2000      # then every interval ...
+    async_window_ms: int = 30_000      # ... until this long after creation, then cancel
+    cancel_retry_interval_ms: int = 5000
+    cancel_attempts_max: int = 5       # then the order waits for batch reconciliation
+    scheduler_tick_ms: int = 50
+    channel_calls_inflight_max: int = 256  # per shard: bound on concurrent channel calls
+    open_orders_max: int = 200_000     # per shard: at the bound new orders get 503
+    commit_batch_max: int = 512        # writes in one Redis pipeline
+    idempotency_ttl_s: int = 30 * 86400
+
+
+@dataclass(frozen=True)
+class AlipaySettings:
+    enabled: bool = True
+    gateway_url: str = ""              # empty: the local sandbox
+    app_id: str = "2021000000000001"   # the sandbox's merchant app id
+    app_private_key_path: str = str(KEYS_DIR / "alipay_app_private.pem")
+    alipay_public_key_path: str = str(KEYS_DIR / "alipay_platform_public.pem")
+    call_timeout_ms: int = 5000        # one HTTP call to the channel
+    connections_max: int = 64
+
+
+@dataclass(frozen=True)
+class SandboxSettings:
+    start_local: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8091
+
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str = "local"                # local | cluster
+    data_dir: str = ".paycell"
+    log_level: str = "INFO"
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    redis: RedisSettings = field(default_factory=RedisSettings)
+    ray: RaySettings = field(default_factory=RaySettings)
+    orders: OrderSettings = field(default_factory=OrderSettings)
+    alipay: AlipaySettings = field(default_factory=AlipaySettings)
+    sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+    apps: tuple[AppCredential, ...] = ()
+
+    def alipay_gateway_url(self) -> str:
+        return self.alipay.gateway_url or f"{self.sandbox.url()}/gateway.do"
+
+    def app_secrets(self) -> dict[str, str]:
+        return {a.app_id: a.secret.reveal() for a in self.apps}
+
+
+DEMO_APPS = (AppCredential("demo-app", Secret("demo-secret")),)
+
+
+def _convert(name: str, tp: Any, raw: Any) -> Any:
+    if tp is bool:
+        if isinstance(raw, bool):
+            return raw
+        if str(raw).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(raw).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: expected a boolean, got {raw!r}")
+    if tp is int:
+        try:
+            if isinstance(raw, bool) or isinstance(raw, float):
+                raise ValueError
+            return int(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
+    if tp is str:
+        if not isinstance(raw, (str, int)):
+            raise ConfigError(f"{name}: expected a string, got {raw!r}")
+        return str(raw)
+    raise ConfigError(f"{name}: unsupported type")
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"unknown setting(s): {', '.join(prefix + u for u in sorted(unknown))}")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        tp, raw, name = hints[f.name], data[f.name], prefix + f.name
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(raw, Mapping):
+                raise ConfigError(f"{name}: expected a mapping")
+            kwargs[f.name] = _build(tp, raw, name + ".")
+        elif f.name == "apps":
+            kwargs[f.name] = _apps(raw)
+        else:
+            kwargs[f.name] = _convert(name, tp, raw)
+    return cls(**kwargs)
+
+
+def _apps(raw: Any) -> tuple[AppCredential, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError("apps: expected a list of {app_id, secret}")
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, Mapping) or not item.get("app_id") or not item.get("secret"):
+            raise ConfigError(f"apps[{i}]: needs app_id and secret")
+        out.append(AppCredential(str(item["app_id"]), Secret(str(item["secret"]))))
+    return tuple(out)
+
+
+def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for key, value in env.items():
+        if not key.startswith("PAYCELL_") or key == "PAYCELL_CONFIG":
+            continue
+        path = key[len("PAYCELL_"):].lower().split("__")
+        node = tree
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: conflicts with another override")
+        node[path[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def load_settings(path: str | None = None, env: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Defaults <- YAML file <- PAYCELL_ environment <- explicit overrides (tests)."""
+    env = os.environ if env is None else env
+    path = path or env.get("PAYCELL_CONFIG")
+    data: dict[str, Any] = {}
+    if path:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as e:
+            raise ConfigError(f"config file {path}: {e.strerror}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: expected a mapping at the top")
+        data = loaded
+    data = _merge(data, _env_overrides(env))
+    if overrides:
+        data = _merge(data, overrides)
+    settings = _build(Settings, data, "")
+    if not settings.apps and settings.mode == "local":
+        settings = dataclasses.replace(settings, apps=DEMO_APPS)
+    validate(settings)
+    return settings
+
+
+def validate(s: Settings) -> None:
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(msg)
+    need(s.mode in ("local", "cluster"), f"mode: must be local or cluster, got {s.mode!r}")
+    try:
+        check_part("orders.region", s.orders.region)
+        check_part("orders.set_name", s.orders.set_name)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    need(1 <= s.orders.shard_count <= 1024, "orders.shard_count: must be 1..1024")
+    need(s.orders.sync_deadline_ms > 0, "orders.sync_deadline_ms: must be > 0")
+    need(s.orders.query_interval_ms > 0, "orders.query_interval_ms: must be > 0")
+    need(s.orders.async_window_ms > s.orders.sync_deadline_ms,
+         "orders.async_window_ms: must exceed orders.sync_deadline_ms")
+    need(s.gateway.shard_call_timeout_ms > s.orders.sync_deadline_ms,
+         "gateway.shard_call_timeout_ms: must exceed orders.sync_deadline_ms")
+    need(s.alipay.call_timeout_ms > 0, "alipay.call_timeout_ms: must be > 0")
+    need(s.redis.appendfsync in ("always", "everysec"), "redis.appendfsync: always or everysec")
+    need(1 <= s.gateway.batch_max_orders <= 10_000, "gateway.batch_max_orders: must be 1..10000")
+    need(s.gateway.body_max_bytes >= 1024, "gateway.body_max_bytes: must be >= 1024")
+    if s.mode == "cluster":
+        need(bool(s.redis.url), "redis.url: required in cluster mode")
+        need(bool(s.ray.address), "ray.address: required in cluster mode")
+        need(all(a.app_id != "demo-app" for a in s.apps), "apps: demo-app is for local mode only")
+    need(bool(s.apps), "apps: at least one merchant app is needed outside local mode")
+    for a in s.apps:
+        need(len(a.secret.reveal()) >= 8, f"apps[{a.app_id}].secret: at least 8 characters")

@@ -1,0 +1,96 @@
+"""create_app(settings): the aiohttp gateway, with every resource acquired in cleanup_ctx."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+from aiohttp import web
+
+from channels.registry import build_connector
+from core.clock import Clock, SystemClock
+from core.settings import Settings
+from gateway import keys
+from gateway.batcher import ShardBatcher
+from gateway.metrics import GatewayMetrics
+from gateway.middlewares import request_context
+from gateway.routes import add_routes
+
+log = logging.getLogger("paycell.gateway")
+SHARD_KEEPALIVE_S = 1.0  # pings shards so a restarted one rebuilds from Redis even when idle
+
+
+def _notify_url(settings: Settings, channel: str) -> str:
+    return f"{settings.gateway.base_url()}/v1/notify/{channel}"
+
+
+@web.middleware
+async def _observe(request: web.Request, handler: Callable[[web.Request],
+                   Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    start = time.perf_counter()
+    response = await handler(request)
+    route = request.match_info.route.name or "unmatched"
+    m = request.app[keys.METRICS]
+    m.requests.labels(route, str(response.status)).inc()
+    m.latency.labels(route).observe(time.perf_counter() - start)
+    return response
+
+
+def create_app(settings: Settings, *, shards: Any = None, nonces: Any = None, redis: Any = None,
+               clock: Clock | None = None) -> web.Application:
+    """Build the gateway. Without injected parts it connects to Redis and to the shard actors of
+    the running Ray cluster (ray.init must have been called in this process)."""
+    app = web.Application(client_max_size=settings.gateway.body_max_bytes,
+                          middlewares=[_observe, request_context])
+    app[keys.SETTINGS] = settings
+    app[keys.CLOCK] = clock or SystemClock()
+    app[keys.METRICS] = GatewayMetrics()
+    app[keys.NOTIFIERS] = {
+        ch: build_connector(ch, settings, notify_url=_notify_url(settings, ch))
+        for ch in (["alipay"] if settings.alipay.enabled else [])
+    }
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        own_redis = redis is None
+        if own_redis:
+            from actors.factory import redis_client
+            app[keys.REDIS] = redis_client(settings)
+        else:
+            app[keys.REDIS] = redis
+        if nonces is None:
+            from gateway.auth import RedisNonceStore
+            app[keys.NONCES] = RedisNonceStore(app[keys.REDIS])
+        else:
+            app[keys.NONCES] = nonces
+        if shards is None:
+            from actors.client import ShardClient
+            app[keys.SHARDS] = ShardClient(settings)
+        else:
+            app[keys.SHARDS] = shards
+        g = settings.gateway
+        app[keys.BATCHER] = ShardBatcher(
+            app[keys.SHARDS].submit, settings.orders.shard_count, batch_max=g.batch_max_orders,
+            linger_us=g.batch_linger_us, inflight_max=g.shard_calls_inflight_max,
+            queue_max=g.shard_queue_max_orders)
+        keepalive = asyncio.get_running_loop().create_task(_keep_shards_alive(app))
+        yield
+        keepalive.cancel()
+        await asyncio.gather(keepalive, return_exceptions=True)
+        if own_redis:
+            await app[keys.REDIS].aclose()
+
+    app.cleanup_ctx.append(resources)
+    add_routes(app)
+    return app
+
+
+async def _keep_shards_alive(app: web.Application) -> None:
+    shards, count = app[keys.SHARDS], app[keys.SETTINGS].orders.shard_count
+    while True:
+        await asyncio.sleep(SHARD_KEEPALIVE_S)
+        results = await asyncio.gather(*(shards.ping(i) for i in range(count)),
+                                       return_exceptions=True)
+        for i, r in enumerate(results):
+            if isinstance(r, BaseException):
+                log.warning("shard %d not answering: %s", i, type(r).__name__)

@@ -1,0 +1,159 @@
+"""The local stack on one machine, all on loopback: a redis-server that paycell owns (append-only
+file on, data under `data_dir`), the channel sandboxes, a local Ray cluster and the gateway.
+
+Every child runs in its own session (a terminal's Ctrl-C reaches only the launcher, which then stops
+them in order) and gets SIGTERM if the launcher dies (PR_SET_PDEATHSIG). Children are stopped by
+their PID, never by name.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Sequence
+
+from core.errors import ConfigError
+from core.settings import Settings
+
+_PR_SET_PDEATHSIG = 1
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 10.0
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass  # not Linux: the launcher's own stop() is then the only cleanup
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class Child:
+    """One supervised child process."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path,
+                 env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         preexec_fn=_die_with_parent, env=self.env)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if not self.alive():
+            return
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(STOP_TIMEOUT_S)
+
+    def wait_until(self, ready: "callable[[], bool]", what: str) -> None:  # type: ignore[valid-type]
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited while starting; see {self.log_path}")
+            if ready():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not become ready ({what}); see {self.log_path}")
+
+
+def _redis_pings(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=0.5) as r:  # noqa: S310 (loopback only)
+            return int(r.status) == 200
+    except OSError:
+        return False
+
+
+def redis_child(settings: Settings, data_dir: Path) -> Child:
+    r = settings.redis
+    if not port_is_free(r.host, r.port):
+        raise ConfigError(f"redis.port: {r.host}:{r.port} is in use (set PAYCELL_REDIS__PORT)")
+    rdir = data_dir / "redis"
+    rdir.mkdir(parents=True, exist_ok=True)
+    argv = [r.server_binary, "--bind", r.host, "--port", str(r.port), "--dir", str(rdir),
+            "--appendonly", "yes", "--appendfsync", r.appendfsync, "--save", "",
+            "--protected-mode", "yes", "--daemonize", "no", "--io-threads", "1"]
+    return Child("redis-server", argv, data_dir / "logs" / "redis.log")
+
+
+def start_redis(settings: Settings, data_dir: Path) -> Child:
+    child = redis_child(settings, data_dir)
+    child.start()
+    child.wait_until(lambda: _redis_pings(settings.redis.host, settings.redis.port), "PING")
+    return child
+
+
+def start_sandbox(settings: Settings, data_dir: Path, extra: Sequence[str] = ()) -> Child:
+    sb = settings.sandbox
+    if not port_is_free(sb.host, sb.port):
+        raise ConfigError(f"sandbox.port: {sb.host}:{sb.port} is in use (set PAYCELL_SANDBOX__PORT)")
+    argv = [sys.executable, "-m", "channels.sandbox", "--host", sb.host, "--port", str(sb.port),
+            *extra]
+    child = Child("alipay-sandbox", argv, data_dir / "logs" / "sandbox.log")
+    child.start()
+    child.wait_until(lambda: _http_ok(f"{sb.url()}/_sandbox/health"), "health")
+    return child
+
+
+def start_ray(settings: Settings) -> None:
+    """Start (or join) Ray. RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 must be in the environment before
+    `ray` is first imported; the CLI and the test session set it."""
+    if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0" and settings.mode == "local":
+        raise ConfigError("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 must be set before Ray starts")
+    import ray
+    kwargs = {"namespace": settings.ray.namespace, "log_to_driver": False}
+    if settings.ray.address:
+        ray.init(address=settings.ray.address, **kwargs)
+    else:
+        ray.init(address="local", include_dashboard=False,
+                 num_cpus=settings.ray.num_cpus or os.cpu_count(), **kwargs)

@@ -1,0 +1,24 @@
+"""Prometheus metrics of one gateway, in a registry owned by its app (no module globals)."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1, 2.5, 5)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("paycell_gateway_requests", "HTTP requests by route and status",
+                                ["route", "status"], registry=self.registry)
+        self.latency = Histogram("paycell_gateway_request_duration_seconds",
+                                 "HTTP request latency by route", ["route"],
+                                 buckets=LATENCY_BUCKETS_S, registry=self.registry)
+        self.orders = Counter("paycell_gateway_orders", "Order replies by status",
+                              ["status"], registry=self.registry)
+        self.notifications = Counter("paycell_gateway_notifications",
+                                     "Channel notifications by channel and result",
+                                     ["channel", "result"], registry=self.registry)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

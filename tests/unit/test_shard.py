@@ -1,0 +1,239 @@
+"""OrderShard without Ray or Redis: an in-memory store and a scripted channel."""
+import asyncio
+import dataclasses
+
+import pytest
+
+from actors.shard import OrderShard
+from channels.base import ChannelResult, NotSent, Notification, OutcomeUnknown
+from core.errors import Unavailable
+from core.order import CreateOrder, Order
+from core.settings import load_settings
+from core.states import Fact
+
+
+class MemStore:
+    def __init__(self):
+        self.records: dict[str, Order] = {}
+        self.idem: dict[tuple[str, str], str] = {}
+        self.down = False
+        self.commits = 0
+
+    async def get(self, order_id):
+        return self.records.get(order_id)
+
+    async def find(self, app_id, out_trade_no):
+        oid = self.idem.get((app_id, out_trade_no))
+        return self.records.get(oid) if oid else None
+
+    async def load_open(self):
+        return [o for o in self.records.values() if not o.status.is_final]
+
+    async def commit(self, order, *, new=False):
+        await asyncio.sleep(0)
+        if self.down:
+            raise Unavailable("store down")
+        self.commits += 1
+        self.records[order.order_id] = order
+        if new:
+            self.idem[(order.app_id, order.out_trade_no)] = order.order_id
+
+
+class ScriptedChannel:
+    """charge/query/cancel answers chosen per order amount; counts every call."""
+
+    def __init__(self, charge_delay_s=0.0):
+        self.charges: list[str] = []
+        self.queries: list[str] = []
+        self.cancels: list[str] = []
+        self.charge_delay_s = charge_delay_s
+        self.query_fact = Fact.PAID
+        self.charge_behaviour = "paid"
+
+    async def charge(self, channel, req):
+        self.charges.append(req.order_id)
+        await asyncio.sleep(self.charge_delay_s)
+        b = self.charge_behaviour
+        if b == "paid":
+            return ChannelResult(Fact.PAID, channel_trade_no="T-" + req.order_id[-6:],
+                                 amount=req.amount)
+        if b == "declined":
+            return ChannelResult(Fact.DECLINED, failure_code="ACQ.BUYER_BALANCE_NOT_ENOUGH")
+        if b == "waiting":
+            return ChannelResult(Fact.WAITING)
+        if b == "not_sent":
+            raise NotSent("connect refused")
+        raise OutcomeUnknown("timeout")
+
+    async def query(self, channel, order_id, currency):
+        self.queries.append(order_id)
+        return ChannelResult(self.query_fact, channel_trade_no="TQ")
+
+    async def cancel(self, channel, order_id):
+        self.cancels.append(order_id)
+        return ChannelResult(Fact.CLOSED, action="close")
+
+
+def settings(**orders):
+    base = {"sync_deadline_ms": 200, "query_first_delay_ms": 50, "query_interval_ms": 50,
+            "async_window_ms": 600, "scheduler_tick_ms": 10}
+    base.update(orders)
+    return load_settings(env={}, overrides={"orders": base})
+
+
+def cmd(key="k1", amount=600, **kw):
+    return CreateOrder("demo-app", key, "u1", amount, "CNY", "gems", "alipay", "barcode",
+                       "28763443825664394", **kw)
+
+
+def shard(store=None, channel=None, **orders):
+    return OrderShard(settings(**orders), 1, store=store or MemStore(),
+                      channels=channel or ScriptedChannel())
+
+
+async def wait_for_status(sh, order_id, status, timeout=3.0):
+    for _ in range(int(timeout / 0.02)):
+        o = await sh.get("demo-app", order_id)
+        if o["status"] == status:
+            return o
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{order_id} never reached {status}: {o}")
+
+
+async def test_paid_in_time_is_200_succeeded_by_sync():
+    store = MemStore()
+    sh = shard(store)
+    [reply] = await sh.submit([cmd()])
+    assert reply["http"] == 200
+    o = reply["order"]
+    assert (o["status"], o["resolved_by"], o["amount"]) == ("SUCCEEDED", "sync", 600)
+    assert store.records[o["order_id"]].status.value == "SUCCEEDED"
+    assert store.records[o["order_id"]].charge_sent is True
+
+
+async def test_twenty_concurrent_same_key_charge_once_and_answer_alike():
+    ch = ScriptedChannel(charge_delay_s=0.05)
+    sh = shard(channel=ch)
+    replies = await asyncio.gather(*(sh.submit([cmd()]) for _ in range(20)))
+    flat = [r[0] for r in replies]
+    assert len(ch.charges) == 1
+    assert {r["order"]["order_id"] for r in flat} == {ch.charges[0]}
+    assert all(r == flat[0] for r in flat) and flat[0]["order"]["status"] == "SUCCEEDED"
+
+
+async def test_same_key_different_body_is_a_conflict_and_changes_nothing():
+    ch = ScriptedChannel()
+    sh = shard(channel=ch)
+    [first] = await sh.submit([cmd(amount=600)])
+    [second] = await sh.submit([cmd(amount=700)])
+    assert second["error"] == "idempotency_conflict"
+    assert len(ch.charges) == 1
+    assert (await sh.find("demo-app", "k1"))["amount"] == 600
+
+
+async def test_decline_is_200_failed_with_reason():
+    ch = ScriptedChannel()
+    ch.charge_behaviour = "declined"
+    [r] = await shard(channel=ch).submit([cmd()])
+    assert r["http"] == 200 and r["order"]["status"] == "FAILED"
+    assert r["order"]["failure"]["code"] == "ACQ.BUYER_BALANCE_NOT_ENOUGH"
+
+
+async def test_not_sent_fails_the_order_without_charging():
+    ch = ScriptedChannel()
+    ch.charge_behaviour = "not_sent"
+    [r] = await shard(channel=ch).submit([cmd()])
+    assert r["order"]["status"] == "FAILED"
+    assert r["order"]["failure"]["code"] == "channel_unavailable"
+
+
+async def test_slow_channel_gives_202_at_deadline_then_late_sync_answer_counts():
+    ch = ScriptedChannel(charge_delay_s=0.4)
+    sh = shard(channel=ch)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    [r] = await sh.submit([cmd()])
+    elapsed = loop.time() - t0
+    assert r["http"] == 202 and r["order"]["status"] == "PENDING"
+    assert 0.19 <= elapsed < 0.35, elapsed
+    o = await wait_for_status(sh, r["order"]["order_id"], "SUCCEEDED")
+    assert o["resolved_by"] == "sync" and len(ch.charges) == 1 and ch.queries == []
+
+
+async def test_unknown_outcome_is_resolved_by_query_never_by_a_second_charge():
+    ch = ScriptedChannel()
+    ch.charge_behaviour = "unknown"
+    sh = shard(channel=ch)
+    [r] = await sh.submit([cmd()])
+    assert r["http"] == 202
+    o = await wait_for_status(sh, r["order"]["order_id"], "SUCCEEDED")
+    assert o["resolved_by"] == "query" and len(ch.charges) == 1 and len(ch.queries) >= 1
+
+
+async def test_waiting_until_window_end_is_cancelled_and_closed():
+    ch = ScriptedChannel()
+    ch.charge_behaviour = "waiting"
+    ch.query_fact = Fact.WAITING
+    sh = shard(channel=ch)
+    [r] = await sh.submit([cmd()])
+    assert r["http"] == 202
+    o = await wait_for_status(sh, r["order"]["order_id"], "CLOSED")
+    assert o["resolved_by"] == "query" and ch.cancels == [r["order"]["order_id"]]
+    assert len(ch.queries) >= 3 and len(ch.charges) == 1
+
+
+async def test_restarted_shard_rebuilds_open_orders_and_only_queries_them():
+    store = MemStore()
+    ch = ScriptedChannel(charge_delay_s=5)
+    sh = shard(store, ch)
+    [r] = await sh.submit([cmd()])
+    assert r["http"] == 202
+    oid = r["order"]["order_id"]
+    # a new incarnation over the same store (the old one "crashed" mid-charge)
+    ch2 = ScriptedChannel()
+    sh2 = shard(store, ch2)
+    assert (await sh2.ping())["open"] == 1
+    o = await wait_for_status(sh2, oid, "SUCCEEDED")
+    assert o["resolved_by"] == "query" and ch2.charges == []
+    [again] = await sh2.submit([cmd()])
+    assert again["order"]["order_id"] == oid and ch2.charges == []
+
+
+async def test_notification_resolves_and_duplicates_or_wrong_amounts_do_not():
+    ch = ScriptedChannel()
+    ch.charge_behaviour = "waiting"
+    ch.query_fact = Fact.WAITING
+    sh = shard(channel=ch, query_first_delay_ms=5000)
+    [r] = await sh.submit([cmd()])
+    oid = r["order"]["order_id"]
+    wrong = Notification(oid, Fact.PAID, "T9", 1, "CNY", "n0", "TRADE_SUCCESS")
+    assert await sh.notify(wrong) is False
+    assert (await sh.get("demo-app", oid))["status"] == "PENDING"
+    note = dataclasses.replace(wrong, amount=600)
+    assert await sh.notify(note) is True
+    assert await sh.notify(note) is True
+    o = await sh.get("demo-app", oid)
+    assert (o["status"], o["resolved_by"], o["channel_trade_no"]) == ("SUCCEEDED", "notify", "T9")
+    late = Notification(oid, Fact.CLOSED, "T9", 600, "CNY", "n1", "TRADE_CLOSED")
+    assert await sh.notify(late) is True
+    assert (await sh.get("demo-app", oid))["status"] == "SUCCEEDED"
+    assert sh.counters["fact_conflicts"] == 2
+
+
+async def test_store_down_means_no_order_and_no_charge():
+    store = MemStore()
+    store.down = True
+    ch = ScriptedChannel()
+    sh = shard(store, ch)
+    [r] = await sh.submit([cmd()])
+    assert r["error"] == "unavailable" and ch.charges == []
+    store.down = False
+    [r2] = await sh.submit([cmd()])
+    assert r2["order"]["status"] == "SUCCEEDED" and len(ch.charges) == 1
+
+
+async def test_other_apps_cannot_read_an_order():
+    sh = shard()
+    [r] = await sh.submit([cmd()])
+    assert await sh.get("other-app", r["order"]["order_id"]) is None
+    assert await sh.find("other-app", "k1") is None
