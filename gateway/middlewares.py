@@ -13,7 +13,7 @@ from gateway.problems import problem_response
 
 log = logging.getLogger("paycell.gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-REQUEST_ID_KEY = "paycell_request_id"
+REQUEST_ID_KEY = web.RequestKey("paycell_request_id", str)
 _REQUEST_ID_MAX = 128
 
 

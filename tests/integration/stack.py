@@ -1,0 +1,122 @@
+"""Real parts for integration tests: redis-server, the Alipay sandbox, local Ray, the gateway.
+
+Each part is started by the test session on a free loopback port and stopped by its PID in a
+finally block, whatever the tests did.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator
+
+import aiohttp
+import psutil
+from aiohttp import web
+
+from core.settings import Settings, load_settings
+from gateway.local import Child, free_port, start_redis, start_sandbox
+
+TEST_ORDERS = {"sync_deadline_ms": 500, "query_first_delay_ms": 1500, "query_interval_ms": 700,
+               "async_window_ms": 4000, "cancel_retry_interval_ms": 500, "shard_count": 2,
+               "scheduler_tick_ms": 20}
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    tree: dict[str, Any] = {
+        "data_dir": str(data_dir),
+        "redis": {"port": free_port()},
+        "sandbox": {"port": free_port()},
+        "gateway": {"port": free_port()},
+        "ray": {"namespace": f"paycelltest{os.getpid()}"},
+        "orders": dict(TEST_ORDERS),
+    }
+    for k, v in overrides.items():
+        tree[k] = {**tree.get(k, {}), **v} if isinstance(v, dict) else v
+    return load_settings(env={}, overrides=tree)
+
+
+@contextlib.contextmanager
+def processes(settings: Settings, sandbox_args: tuple[str, ...] = ()) -> Iterator[dict[str, Child]]:
+    data_dir = Path(settings.data_dir)
+    started: dict[str, Child] = {}
+    try:
+        started["redis"] = start_redis(settings, data_dir)
+        started["sandbox"] = start_sandbox(settings, data_dir, sandbox_args)
+        yield started
+    finally:
+        for child in reversed(list(started.values())):
+            child.stop()
+
+
+@contextlib.contextmanager
+def ray_cluster(settings: Settings) -> Iterator[None]:
+    import ray
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             namespace=settings.ray.namespace)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextlib.asynccontextmanager
+async def gateway(settings: Settings) -> AsyncIterator[str]:
+    from gateway.app import create_app
+    runner = web.AppRunner(create_app(settings))
+    await runner.setup()
+    site = web.TCPSite(runner, settings.gateway.host, settings.gateway.port)
+    await site.start()
+    try:
+        yield settings.gateway.base_url()
+    finally:
+        await runner.cleanup()
+
+
+class Sandbox:
+    """The sandbox's control and ledger endpoints."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.url = settings.sandbox.url()
+
+    async def _json(self, method: str, path: str, body: Any = None) -> Any:
+        async with aiohttp.ClientSession() as s:
+            async with s.request(method, self.url + path, json=body) as r:
+                assert r.status == 200, (path, r.status, await r.text())
+                return await r.json()
+
+    async def ledger(self) -> dict[str, Any]:
+        return await self._json("GET", "/_sandbox/ledger")  # type: ignore[no-any-return]
+
+    async def knobs(self, **knobs: Any) -> dict[str, Any]:
+        return await self._json("POST", "/_sandbox/knobs", knobs)  # type: ignore[no-any-return]
+
+
+def kill_pid(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+
+
+def listeners_of_tree(root_pid: int) -> list[tuple[str, int, str]]:
+    """(address, port, process name) of every TCP listener of root_pid and its descendants."""
+    root = psutil.Process(root_pid)
+    procs = [root, *root.children(recursive=True)]
+    out = []
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            for c in p.net_connections(kind="inet"):
+                if c.status == psutil.CONN_LISTEN:
+                    out.append((c.laddr.ip, c.laddr.port, p.name()))
+    return out
+
+
+async def wait_until(pred: Any, timeout_s: float, interval_s: float = 0.1) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        value = await pred()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s (last: {value!r})")
+        await asyncio.sleep(interval_s)
