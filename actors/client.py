@@ -62,16 +62,16 @@ class ShardClient:
         return result
 
     async def get(self, shard: int, app_id: str, order_id: str) -> dict[str, Any] | None:
-        return await self._call(shard, "get", app_id, order_id)  # type: ignore[no-any-return]
+        return await self._call(shard, "get", app_id, order_id)
 
     async def find(self, shard: int, app_id: str, out_trade_no: str) -> dict[str, Any] | None:
-        return await self._call(shard, "find", app_id, out_trade_no)  # type: ignore[no-any-return]
+        return await self._call(shard, "find", app_id, out_trade_no)
 
     async def notify(self, shard: int, note: Notification) -> bool:
         return bool(await self._call(shard, "notify", note))
 
     async def ping(self, shard: int) -> dict[str, Any]:
-        return await self._call(shard, "ping")  # type: ignore[no-any-return]
+        return await self._call(shard, "ping")
 
 
 class RayChannelPort:

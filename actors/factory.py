@@ -50,16 +50,14 @@ def deploy(settings: Settings, timeout_s: float = 60) -> dict[str, Any]:
     Sync, for drivers and launchers only (never call it from async code on the hot path).
     """
     ns, set_name = settings.ray.namespace, settings.orders.set_name
-    channels = []
-    for ch in enabled_channels(settings):
-        cls = ray.remote(ChannelHost).options(  # type: ignore[attr-defined]
-            name=channel_actor_name(set_name, ch), namespace=ns, **_COMMON)
-        channels.append(cls.remote(settings, ch, notify_url(settings, ch)))
-    shards = []
-    for i in range(settings.orders.shard_count):
-        cls = ray.remote(LiveOrderShard).options(  # type: ignore[attr-defined]
-            name=shard_actor_name(set_name, i), namespace=ns, **_COMMON)
-        shards.append(cls.remote(settings, i))
+    channel_cls: Any = ray.remote(ChannelHost)
+    shard_cls: Any = ray.remote(LiveOrderShard)
+    channels = [channel_cls.options(name=channel_actor_name(set_name, ch), namespace=ns, **_COMMON)
+                .remote(settings, ch, notify_url(settings, ch))
+                for ch in enabled_channels(settings)]
+    shards = [shard_cls.options(name=shard_actor_name(set_name, i), namespace=ns, **_COMMON)
+              .remote(settings, i)
+              for i in range(settings.orders.shard_count)]
     pings = ray.get([a.ping.remote() for a in channels + shards], timeout=timeout_s)
     return {"channels": pings[:len(channels)], "shards": pings[len(channels):]}
 

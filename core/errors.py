@@ -102,7 +102,7 @@ def http_status_for(error: PaycellError) -> int:
 
 
 def _all_subclasses(cls: type[PaycellError]) -> list[type[PaycellError]]:
-    out = []
+    out: list[type[PaycellError]] = []
     for sub in cls.__subclasses__():
         out.append(sub)
         out.extend(_all_subclasses(sub))
@@ -111,9 +111,10 @@ def _all_subclasses(cls: type[PaycellError]) -> list[type[PaycellError]]:
 
 def error_for_code(code: str, detail: str = "", retry_after_s: int | None = None) -> PaycellError:
     """Rebuild a PaycellError from its stable code (errors cross process boundaries as data)."""
-    for cls in [PaycellError, *_all_subclasses(PaycellError)]:
+    classes: list[type[PaycellError]] = [PaycellError, *_all_subclasses(PaycellError)]
+    for cls in classes:
         if cls.code == code:
-            err = cls.__new__(cls)
+            err: PaycellError = cls.__new__(cls)
             PaycellError.__init__(err, detail, retry_after_s=retry_after_s)
             return err
     return PaycellError(detail, retry_after_s=retry_after_s)

@@ -174,7 +174,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
         if f.name not in data:
             continue
         tp, raw, name = hints[f.name], data[f.name], prefix + f.name
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             if not isinstance(raw, Mapping):
                 raise ConfigError(f"{name}: expected a mapping")
             kwargs[f.name] = _build(tp, raw, name + ".")

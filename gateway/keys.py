@@ -1,19 +1,34 @@
 """Typed application keys: everything a handler needs, acquired in create_app's cleanup_ctx."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
+import redis.asyncio as aioredis
 from aiohttp import web
 
-from channels.base import Connector
+from channels.base import Connector, Notification
 from core.clock import Clock
+from core.order import CreateOrder
 from core.settings import Settings
+from gateway.auth import NonceStore
+from gateway.batcher import ShardBatcher
+from gateway.metrics import GatewayMetrics
+
+
+class ShardsPort(Protocol):
+    """What the gateway needs from the shards (actors.client.ShardClient, or a test double)."""
+    async def submit(self, shard: int, cmds: list[CreateOrder]) -> list[dict[str, Any]]: ...
+    async def get(self, shard: int, app_id: str, order_id: str) -> dict[str, Any] | None: ...
+    async def find(self, shard: int, app_id: str, out_trade_no: str) -> dict[str, Any] | None: ...
+    async def notify(self, shard: int, note: Notification) -> bool: ...
+    async def ping(self, shard: int) -> dict[str, Any]: ...
+
 
 SETTINGS = web.AppKey("settings", Settings)
 CLOCK = web.AppKey("clock", Clock)
-SHARDS = web.AppKey("shards", Any)          # actors.client.ShardClient or a test double
-BATCHER = web.AppKey("batcher", Any)        # gateway.batcher.ShardBatcher
-NONCES = web.AppKey("nonces", Any)          # gateway.auth.NonceStore
-REDIS = web.AppKey("redis", Any)            # redis.asyncio.Redis (readiness, nonces)
+SHARDS = web.AppKey("shards", ShardsPort)
+BATCHER = web.AppKey("batcher", ShardBatcher)
+NONCES = web.AppKey("nonces", NonceStore)
+REDIS = web.AppKey("redis", aioredis.Redis)
 NOTIFIERS = web.AppKey("notifiers", dict[str, Connector])
-METRICS = web.AppKey("metrics", Any)        # gateway.metrics.GatewayMetrics
+METRICS = web.AppKey("metrics", GatewayMetrics)

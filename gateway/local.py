@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from core.errors import ConfigError
 from core.settings import Settings
@@ -86,7 +86,7 @@ class Child:
             self.proc.kill()
             self.proc.wait(STOP_TIMEOUT_S)
 
-    def wait_until(self, ready: "callable[[], bool]", what: str) -> None:  # type: ignore[valid-type]
+    def wait_until(self, ready: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             if not self.alive():
@@ -151,9 +151,9 @@ def start_ray(settings: Settings) -> None:
     if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0" and settings.mode == "local":
         raise ConfigError("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 must be set before Ray starts")
     import ray
-    kwargs = {"namespace": settings.ray.namespace, "log_to_driver": False}
+    ns = settings.ray.namespace
     if settings.ray.address:
-        ray.init(address=settings.ray.address, **kwargs)
+        ray.init(address=settings.ray.address, namespace=ns, log_to_driver=False)
     else:
-        ray.init(address="local", include_dashboard=False,
-                 num_cpus=settings.ray.num_cpus or os.cpu_count(), **kwargs)
+        ray.init(address="local", include_dashboard=False, namespace=ns, log_to_driver=False,
+                 num_cpus=settings.ray.num_cpus or os.cpu_count())

@@ -47,7 +47,7 @@ async def create_order(request: web.Request) -> web.Response:
     body = await request.read()
     app_id = await _authenticated(request, body)
     settings = request.app[keys.SETTINGS]
-    channels = sorted(request.app[keys.NOTIFIERS])
+    channels: list[str] = sorted(request.app[keys.NOTIFIERS].keys())
     if not channels:
         raise Unavailable("no payment channel is enabled")
     cmd = parse_create_order(app_id, body, channels, channels[0])
