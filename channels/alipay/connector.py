@@ -1,0 +1,151 @@
+"""The Alipay connector: HTTP I/O only. Requests are built and answers mapped in transformers.
+
+Transport failures are mapped by what they mean for the money:
+  * the connection could not be established (refused, DNS, connect timeout)  -> NotSent
+  * timeout, disconnect or reset after sending, an HTTP 5xx                  -> OutcomeUnknown
+  * an answer that is unsigned, badly signed, unparseable or an odd status   -> ProtocolError
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
+
+from channels.alipay import signing, transformers as tf
+from channels.base import (Ack, ChannelResult, ChargeRequest, Notification, NotSent,
+                           OutcomeUnknown, ProtocolError)
+from core.clock import Clock, SystemClock
+from core.settings import Settings
+
+RESPONSE_BODY_MAX_BYTES = 1_048_576
+CONNECT_TIMEOUT_MS_MAX = 2000
+FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
+ACK_ACCEPTED = Ack(200, "text/plain", b"success")
+ACK_REFUSED = Ack(400, "text/plain", b"fail")
+
+
+@dataclass(frozen=True)
+class AlipayConfig:
+    app_id: str
+    gateway_url: str
+    app_private_key: RSAPrivateKey = field(repr=False)
+    alipay_public_key: RSAPublicKey = field(repr=False)
+    call_timeout_ms: int
+    notify_url: str
+    connections_max: int = 64
+
+    def __post_init__(self) -> None:
+        assert self.call_timeout_ms > 0, self.call_timeout_ms
+        assert self.gateway_url.startswith(("http://", "https://")), "gateway_url"
+
+    @classmethod
+    def from_settings(cls, settings: Settings, notify_url: str) -> AlipayConfig:
+        a = settings.alipay
+        return cls(
+            app_id=a.app_id,
+            gateway_url=settings.alipay_gateway_url(),
+            app_private_key=signing.load_private_key(a.app_private_key_path),
+            alipay_public_key=signing.load_public_key(a.alipay_public_key_path),
+            call_timeout_ms=a.call_timeout_ms,
+            notify_url=notify_url,
+            connections_max=a.connections_max,
+        )
+
+
+class AlipayConnector:
+    """channels.base.Connector for Alipay barcode payments (alipay.trade.pay/query/cancel)."""
+
+    name = "alipay"
+    currencies = frozenset({"CNY"})
+    payment_types = frozenset({"barcode"})
+
+    def __init__(self, config: AlipayConfig, session: aiohttp.ClientSession | None,
+                 clock: Clock | None = None) -> None:
+        self._config = config
+        self._session = session
+        self._owns_session = False
+        self._clock: Clock = clock or SystemClock()
+
+    async def close(self) -> None:
+        """Close the HTTP session if this connector created it (never an injected one)."""
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # ---- Connector ------------------------------------------------------------------------
+
+    async def charge(self, req: ChargeRequest) -> ChannelResult:
+        if req.currency not in self.currencies or req.payment_type not in self.payment_types:
+            raise ValueError(f"alipay cannot charge {req.currency}/{req.payment_type}")
+        params = tf.pay_params(self._config.app_id, req, self._clock.now(), self._config.notify_url)
+        payload = await self._call(tf.METHOD_PAY, params)
+        return tf.map_pay(payload, req.order_id)
+
+    async def query(self, order_id: str, currency: str = tf.CURRENCY) -> ChannelResult:
+        params = tf.query_params(self._config.app_id, order_id, self._clock.now())
+        return tf.map_query(await self._call(tf.METHOD_QUERY, params), order_id)
+
+    async def cancel(self, order_id: str) -> ChannelResult:
+        params = tf.cancel_params(self._config.app_id, order_id, self._clock.now())
+        return tf.map_cancel(await self._call(tf.METHOD_CANCEL, params), order_id)
+
+    def parse_notification(self, body: bytes, content_type: str) -> Notification:
+        if not content_type.lower().startswith(FORM_CONTENT_TYPE):
+            raise ProtocolError("alipay notification is not a urlencoded form")
+        form = tf.parse_form(body)
+        return tf.map_notification(form, self._config.app_id, self._config.alipay_public_key)
+
+    def ack(self, accepted: bool) -> Ack:
+        return ACK_ACCEPTED if accepted else ACK_REFUSED
+
+    # ---- HTTP -----------------------------------------------------------------------------
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._config.connections_max)
+            self._session = aiohttp.ClientSession(connector=connector)
+            self._owns_session = True
+        return self._session
+
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        total_ms = self._config.call_timeout_ms
+        return aiohttp.ClientTimeout(total=total_ms / 1000,
+                                     sock_connect=min(total_ms, CONNECT_TIMEOUT_MS_MAX) / 1000)
+
+    async def _call(self, method: str, params: dict[str, str]) -> dict[str, Any]:
+        signed = signing.sign_params(params, self._config.app_private_key)
+        query, form = tf.split_for_wire(signed)
+        body = await _guarded(method, lambda: self._post(query, form))
+        return signing.open_response(body, method, self._config.alipay_public_key)
+
+    async def _post(self, query: dict[str, str], form: dict[str, str]) -> bytes:
+        headers = {"Content-Type": f"{FORM_CONTENT_TYPE};charset={signing.CHARSET}"}
+        async with self._http().post(self._config.gateway_url, params=query, data=form,
+                                     headers=headers, timeout=self._timeout()) as resp:
+            if resp.status >= 500:
+                raise OutcomeUnknown(f"alipay gateway answered HTTP {resp.status}")
+            if resp.status != 200:
+                raise ProtocolError(f"alipay gateway answered HTTP {resp.status}")
+            if (resp.content_length or 0) > RESPONSE_BODY_MAX_BYTES:
+                raise ProtocolError("alipay answer too large")
+            body = await resp.content.read(RESPONSE_BODY_MAX_BYTES + 1)
+            if len(body) > RESPONSE_BODY_MAX_BYTES:
+                raise ProtocolError("alipay answer too large")
+            return body
+
+
+async def _guarded(method: str, send: Callable[[], Any]) -> bytes:
+    """Run one HTTP exchange and turn transport errors into what they mean for the money."""
+    try:
+        body: bytes = await send()
+        return body
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError,
+            aiohttp.InvalidURL) as e:
+        raise NotSent(f"{method}: could not connect ({type(e).__name__})") from None
+    except (asyncio.TimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
+            aiohttp.ClientPayloadError, aiohttp.ClientResponseError,
+            aiohttp.ClientConnectionError) as e:
+        raise OutcomeUnknown(f"{method}: sent, no answer ({type(e).__name__})") from None

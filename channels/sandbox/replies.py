@@ -1,0 +1,74 @@
+"""The payloads of the sandbox's Alipay answers (the `*_response` objects), in Alipay's words."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from channels.alipay import transformers as tf
+from channels.sandbox.ledger import Trade, TradeStatus
+
+BUYER_LOGON_ID = "159****5620"
+BUYER_USER_ID = "2088102146225135"
+
+
+def missing(sub_code: str) -> dict[str, Any]:
+    return {"code": tf.CODE_MISSING_PARAM, "msg": "Missing Required Arguments",
+            "sub_code": sub_code, "sub_msg": "缺少必选参数"}
+
+
+def invalid(sub_code: str, sub_msg: str) -> dict[str, Any]:
+    return {"code": tf.CODE_INVALID_PARAM, "msg": "Invalid Arguments",
+            "sub_code": sub_code, "sub_msg": sub_msg}
+
+
+def business(sub_code: str, sub_msg: str) -> dict[str, Any]:
+    return {"code": tf.CODE_BUSINESS_FAILED, "msg": "Business Failed",
+            "sub_code": sub_code, "sub_msg": sub_msg}
+
+
+def unknown_error() -> dict[str, Any]:
+    return {"code": tf.CODE_UNKNOWN, "msg": "Service Currently Unavailable",
+            "sub_code": "isp.unknow-error", "sub_msg": "系统繁忙"}
+
+
+def _trade(trade: Trade) -> dict[str, Any]:
+    return {"trade_no": trade.trade_no, "out_trade_no": trade.out_trade_no,
+            "buyer_logon_id": BUYER_LOGON_ID,
+            "total_amount": tf.fen_to_yuan(trade.total_amount)}
+
+
+def _paid_fields(trade: Trade) -> dict[str, Any]:
+    amount = tf.fen_to_yuan(trade.total_amount)
+    assert trade.gmt_payment is not None
+    return {"receipt_amount": amount, "buyer_pay_amount": amount, "invoice_amount": amount,
+            "point_amount": "0.00", "buyer_user_id": BUYER_USER_ID,
+            "fund_bill_list": [{"fund_channel": "ALIPAYACCOUNT", "amount": amount}]}
+
+
+def paid(trade: Trade) -> dict[str, Any]:
+    assert trade.gmt_payment is not None
+    return {"code": tf.CODE_SUCCESS, "msg": "Success", **_trade(trade), **_paid_fields(trade),
+            "gmt_payment": tf.alipay_timestamp(trade.gmt_payment)}
+
+
+def waiting(trade: Trade) -> dict[str, Any]:
+    return {"code": tf.CODE_WAITING, "msg": " order success pay inprocess", **_trade(trade)}
+
+
+def queried(trade: Trade) -> dict[str, Any]:
+    assert trade.status is not None
+    out = {"code": tf.CODE_SUCCESS, "msg": "Success", **_trade(trade),
+           "trade_status": trade.status.value}
+    if trade.status is TradeStatus.TRADE_SUCCESS:
+        assert trade.gmt_payment is not None
+        out.update(_paid_fields(trade), send_pay_date=tf.alipay_timestamp(trade.gmt_payment))
+    return out
+
+
+def cancelled(trade: Trade, action: str, now: datetime) -> dict[str, Any]:
+    out = {"code": tf.CODE_SUCCESS, "msg": "Success", "trade_no": trade.trade_no,
+           "out_trade_no": trade.out_trade_no, "retry_flag": "N", "action": action}
+    if action == "refund":
+        out["gmt_refund_pay"] = tf.alipay_timestamp(now)
+        out["refund_settlement_id"] = trade.trade_no
+    return out
