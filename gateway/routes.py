@@ -138,7 +138,8 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    return _json(openapi_document(request.app[keys.SETTINGS].gateway.base_url()))
+    app = request.app
+    return _json(openapi_document(app[keys.SETTINGS].gateway.base_url(), sorted(app[keys.NOTIFIERS])))
 
 
 async def metrics(request: web.Request) -> web.Response:

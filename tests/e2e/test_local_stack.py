@@ -1,0 +1,135 @@
+"""The whole local stack as `make run` starts it: `paycell up` as a process, driven over HTTP.
+
+It pays an order, checks that nothing of ours listens beyond loopback, stops the stack with
+Ctrl-C (SIGINT), checks that every process it started is gone, starts it again on the same data
+folder and finds the acknowledged order unchanged.
+"""
+import asyncio
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import psutil
+import pytest
+
+from gateway.client import PaycellClient
+from gateway.local import free_port
+
+pytestmark = pytest.mark.e2e
+PAYCELL = str(Path(sys.executable).with_name("paycell"))
+START_TIMEOUT_S = 90
+
+
+def stack_env(data_dir: Path, ports: dict[str, int]) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"PAYCELL_DATA_DIR": str(data_dir),
+                "PAYCELL_GATEWAY__PORT": str(ports["gateway"]),
+                "PAYCELL_REDIS__PORT": str(ports["redis"]),
+                "PAYCELL_SANDBOX__PORT": str(ports["sandbox"]),
+                "PAYCELL_RAY__NAMESPACE": "paycelle2e"})
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # the CLI must set it by itself
+    return env
+
+
+async def wait_ready(url: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "paycell up exited while starting"
+            try:
+                async with s.get(url + "/readyz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.3)
+    raise AssertionError("the stack never became ready")
+
+
+def start(data_dir: Path, ports: dict[str, int], log: Path) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        return subprocess.Popen([PAYCELL, "up"], env=stack_env(data_dir, ports), stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def tree(proc: subprocess.Popen) -> list[psutil.Process]:
+    root = psutil.Process(proc.pid)
+    return [root, *root.children(recursive=True)]
+
+
+def stop(proc: subprocess.Popen, procs: list[psutil.Process]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    gone, alive = psutil.wait_procs(procs, timeout=15)
+    for p in alive:  # only processes this test started (descendants of its own `paycell up`)
+        p.kill()
+    assert not alive, f"left running after Ctrl-C: {[p.pid for p in alive]}"
+
+
+def listeners(procs: list[psutil.Process]) -> list[tuple[str, int, str]]:
+    out = []
+    for p in procs:
+        try:
+            for c in p.net_connections(kind="inet"):
+                if c.status == psutil.CONN_LISTEN:
+                    out.append((c.laddr.ip, c.laddr.port, p.name()))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return out
+
+
+def is_loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip)
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return addr.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+async def test_make_run_stack_pays_stops_and_keeps_orders(tmp_path):
+    ports = {k: free_port() for k in ("gateway", "redis", "sandbox")}
+    url = f"http://127.0.0.1:{ports['gateway']}"
+    log = tmp_path / "paycell-up.log"
+    proc = start(tmp_path / "data", ports, log)
+    procs: list[psutil.Process] = []
+    try:
+        await wait_ready(url, proc)
+        procs = tree(proc)
+        async with PaycellClient(url, "demo-app", "demo-secret") as c:
+            body = {"out_trade_no": "e2e-1", "user_id": "u-1", "amount": 600, "currency": "CNY",
+                    "subject": "60 gems", "payment": {"type": "barcode",
+                                                      "auth_code": "28763443825664394"}}
+            status, order = await c.create_order(body)
+        assert status == 200 and order["status"] == "SUCCEEDED", order
+        assert order["channel"] == "alipay" and order["resolved_by"] == "sync"
+        # the CLI's own client command works against the same stack
+        out = subprocess.run([PAYCELL, "get", order["order_id"], "--url", url],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0 and order["order_id"] in out.stdout, out.stdout + out.stderr
+        found = listeners(tree(proc))
+        assert {ports["gateway"], ports["redis"], ports["sandbox"]} <= {p for _, p, _ in found}
+        assert all(is_loopback(ip) for ip, _, _ in found), found
+    finally:
+        stop(proc, procs or (tree(proc) if proc.poll() is None else []))
+    assert "stopped." in log.read_text()
+
+    proc2 = start(tmp_path / "data", ports, log)
+    procs2: list[psutil.Process] = []
+    try:
+        await wait_ready(url, proc2)
+        procs2 = tree(proc2)
+        async with PaycellClient(url, "demo-app", "demo-secret") as c:
+            s1, again = await c.get_order(order["order_id"])
+            s2, replay = await c.create_order(body)
+        assert s1 == 200 and again == order
+        assert s2 == 200 and replay == order  # idempotent across a restart: no second charge
+    finally:
+        stop(proc2, procs2)
