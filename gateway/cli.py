@@ -4,6 +4,7 @@
   paycell pay [--amount N]   create and pay one demo order against a running gateway, signed
   paycell curl               print a ready-to-paste signed curl command for POST /v1/orders
   paycell get ORDER_ID       fetch an order
+  paycell config             print the effective settings (YAML, secrets masked)
 """
 from __future__ import annotations
 
@@ -125,6 +126,28 @@ def cmd_curl(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the effective settings (defaults <- file <- PAYCELL_ env) as YAML, secrets masked."""
+    import dataclasses
+
+    import yaml
+
+    from core.settings import Secret, load_settings
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Secret):
+            return "***"
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    settings = load_settings(args.config)
+    print(yaml.safe_dump(plain(dataclasses.asdict(settings)), sort_keys=False), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     for k, v in _LOOPBACK_ENV.items():  # before anything imports ray
         os.environ.setdefault(k, v)
@@ -132,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="YAML settings file (default: PAYCELL_CONFIG or built-in)")
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("up", help="run the whole local stack").set_defaults(fn=cmd_up)
+    sub.add_parser("config", help="print the effective settings").set_defaults(fn=cmd_config)
     for name, fn in (("pay", cmd_pay), ("curl", cmd_curl), ("get", cmd_get)):
         sp = sub.add_parser(name)
         sp.add_argument("--url")
@@ -144,8 +168,12 @@ def main(argv: list[str] | None = None) -> int:
             sp.add_argument("--out-trade-no", dest="out_trade_no")
         sp.set_defaults(fn=fn)
     args = p.parse_args(argv)
+    from core.errors import ConfigError
     try:
         return int(args.fn(args))
+    except ConfigError as e:
+        print(f"paycell: configuration error: {e.detail}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 
