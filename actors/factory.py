@@ -11,6 +11,7 @@ from actors.client import RayChannelPort
 from actors.names import channel_actor_name, shard_actor_name
 from actors.shard import OrderShard
 from actors.store import OrderStore
+from core.logs import configure as configure_logs
 from core.settings import Settings
 
 # Money-moving calls are never retried by Ray: paycell makes them idempotent and resolves by query.
@@ -33,6 +34,7 @@ class LiveOrderShard(OrderShard):
     """An OrderShard wired to Redis and to the channel actors."""
 
     def __init__(self, settings: Settings, shard: int) -> None:
+        configure_logs(settings.log_level)
         store = OrderStore(redis_client(settings), settings.orders.set_name, shard,
                            idempotency_ttl_s=settings.orders.idempotency_ttl_s,
                            commit_batch_max=settings.orders.commit_batch_max)

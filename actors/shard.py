@@ -79,6 +79,7 @@ class OrderShard:
         self._started: asyncio.Future[None] | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._followups = 0
         self.counters = {"created": 0, "replayed": 0, "conflicts": 0, "late_sync": 0,
                          "queries": 0, "cancels": 0, "notifies": 0, "fact_conflicts": 0}
 
@@ -105,7 +106,8 @@ class OrderShard:
             # Query before anything else: the charge may or may not have reached the channel.
             self._schedule(now, o.order_id, "query")
         if orders:
-            log.info("shard %d rebuilt %d open orders", self._shard, len(orders))
+            log.info("shard %d rebuilt %d open orders", self._shard, len(orders),
+                     extra={"shard": self._shard})
 
     async def ping(self) -> dict[str, Any]:
         await self.ensure_started()
@@ -115,6 +117,9 @@ class OrderShard:
         await self.ensure_started()
         return {"shard": self._shard, "pid": os.getpid(), "open": len(self._open),
                 "recent": len(self._recent), "due": len(self._due), **self.counters}
+
+    def _ctx(self, order_id: str, channel: str) -> dict[str, Any]:
+        return {"order_id": order_id, "shard": self._shard, "channel": channel}
 
     # ------------------------------------------------------------------ memory
     def _remember(self, o: Order) -> None:
@@ -259,7 +264,8 @@ class OrderShard:
             await self._learn(order.order_id, Fact.DECLINED, Rung.SYNC,
                               failure_code="channel_unavailable", failure_message=str(e)[:200])
         except (OutcomeUnknown, PaycellError) as e:
-            log.info("order %s charge outcome unknown: %s", order.order_id, type(e).__name__)
+            log.info("order %s charge outcome unknown: %s", order.order_id, type(e).__name__,
+                     extra=self._ctx(order.order_id, order.channel))
             self._schedule(self._clock.time() + self._s.query_first_delay_ms / 1000,
                            order.order_id, "query")
         else:
@@ -287,7 +293,8 @@ class OrderShard:
             if result is not None and fact is Fact.PAID and result.amount is not None \
                     and result.amount != order.amount:
                 log.error("order %s: channel amount %s != %s; not applied",
-                          order_id, result.amount, order.amount)
+                          order_id, result.amount, order.amount,
+                          extra=self._ctx(order_id, order.channel))
                 self.counters["fact_conflicts"] += 1
                 return order
             new, decision = order.learn(
@@ -298,7 +305,8 @@ class OrderShard:
             if decision.outcome is Outcome.CONFLICT:
                 self.counters["fact_conflicts"] += 1
                 log.error("order %s: %s via %s contradicts %s; reported, not applied",
-                          order_id, fact.value, rung.value, order.status.value)
+                          order_id, fact.value, rung.value, order.status.value,
+                          extra=self._ctx(order_id, order.channel))
             if new is not order:
                 await self._store.commit(new)
                 self._remember(new)
@@ -316,7 +324,8 @@ class OrderShard:
         if note.amount is not None and (note.amount != order.amount
                                         or (note.currency and note.currency != order.currency)):
             log.error("order %s: notified amount %s %s differs; rejected",
-                      note.order_id, note.amount, note.currency)
+                      note.order_id, note.amount, note.currency,
+                      extra=self._ctx(note.order_id, order.channel))
             self.counters["fact_conflicts"] += 1
             return False
         result = ChannelResult(fact=note.fact, channel_trade_no=note.channel_trade_no,
@@ -334,14 +343,23 @@ class OrderShard:
         task.add_done_callback(self._tasks.discard)
 
     async def _tick_loop(self) -> None:
+        """Start due follow-ups, never more at once than there are channel-call slots."""
         while True:
             await asyncio.sleep(self._s.scheduler_tick_ms / 1000)
             now = self._clock.time()
-            while self._due and self._due[0][0] <= now:
+            while (self._due and self._due[0][0] <= now
+                   and self._followups < self._s.channel_calls_inflight_max):
                 _, order_id, kind = heapq.heappop(self._due)
+                self._followups += 1
                 self._spawn(self._follow_up(order_id, kind))
 
     async def _follow_up(self, order_id: str, kind: str) -> None:
+        try:
+            await self._follow_up_once(order_id, kind)
+        finally:
+            self._followups -= 1
+
+    async def _follow_up_once(self, order_id: str, kind: str) -> None:
         order = self._open.get(order_id)
         if order is None or order_id in self._sync_done:
             if order is not None:  # the sync call is still running: look again later
@@ -355,7 +373,8 @@ class OrderShard:
                 else:
                     await self._cancel(order)
         except PaycellError as e:  # Redis down while committing: the order stays open
-            log.warning("order %s follow-up failed: %s", order_id, e.code)
+            log.warning("order %s follow-up failed: %s", order_id, e.code,
+                        extra=self._ctx(order_id, order.channel))
             self._schedule(self._clock.time() + self._s.query_interval_ms / 1000, order_id, kind)
 
     async def _query(self, order: Order) -> None:
@@ -392,4 +411,4 @@ class OrderShard:
                            order.order_id, "cancel")
         else:
             log.error("order %s: cancel failed %d times; left PENDING for reconciliation",
-                      order.order_id, attempts)
+                      order.order_id, attempts, extra=self._ctx(order.order_id, order.channel))

@@ -56,7 +56,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     from core.settings import load_settings
     from gateway.local import start_ray, start_redis, start_sandbox
 
+    from core.logs import configure as configure_logs
     settings = load_settings(args.config)
+    configure_logs(settings.log_level)
     data_dir = Path(settings.data_dir).resolve()
     children = []
     try:

@@ -139,7 +139,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def openapi(request: web.Request) -> web.Response:
     app = request.app
-    return _json(openapi_document(app[keys.SETTINGS].gateway.base_url(), sorted(app[keys.NOTIFIERS])))
+    return _json(openapi_document(app[keys.SETTINGS].gateway.base_url(), sorted(app[keys.NOTIFIERS].keys())))
 
 
 async def metrics(request: web.Request) -> web.Response:
