@@ -26,7 +26,7 @@ START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 10.0
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:  # runs in the child between fork and exec
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
@@ -70,7 +70,7 @@ class Child:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True,
-                                         preexec_fn=_die_with_parent, env=self.env)
+                                         preexec_fn=die_with_parent, env=self.env)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -106,7 +106,7 @@ def _redis_pings(host: str, port: int) -> bool:
         return False
 
 
-def _http_ok(url: str) -> bool:
+def http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=0.5) as r:  # noqa: S310 (loopback only)
             return int(r.status) == 200
@@ -141,7 +141,7 @@ def start_sandbox(settings: Settings, data_dir: Path, extra: Sequence[str] = ())
             *extra]
     child = Child("alipay-sandbox", argv, data_dir / "logs" / "sandbox.log")
     child.start()
-    child.wait_until(lambda: _http_ok(f"{sb.url()}/_sandbox/health"), "health")
+    child.wait_until(lambda: http_ok(f"{sb.url()}/_sandbox/health"), "health")
     return child
 
 
