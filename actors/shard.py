@@ -46,6 +46,8 @@ class ChannelPort(Protocol):
 class StorePort(Protocol):
     async def get(self, order_id: str) -> Order | None: ...
     async def find(self, app_id: str, out_trade_no: str) -> Order | None: ...
+    async def find_many(self, keys: list[tuple[str, str]]
+                        ) -> dict[tuple[str, str], Order | None]: ...
     async def load_open(self) -> list[Order]: ...
     async def commit(self, order: Order, *, new: bool = False) -> None: ...
 
@@ -177,13 +179,23 @@ class OrderShard:
         """A batch of create-and-pay commands; one reply per command, in order."""
         try:
             await self.ensure_started()
+            known = await self._prefetch(cmds)
         except PaycellError as e:
             return [error_reply(e)] * len(cmds)
-        return list(await asyncio.gather(*(self._submit_one(c) for c in cmds)))
+        return list(await asyncio.gather(*(self._submit_one(c, known) for c in cmds)))
 
-    async def _submit_one(self, cmd: CreateOrder) -> dict[str, Any]:
+    async def _prefetch(self, cmds: list[CreateOrder]) -> dict[tuple[str, str], Order | None]:
+        """One batched Redis lookup for the keys this shard does not hold in memory."""
+        keys = list(dict.fromkeys(
+            (c.app_id, c.out_trade_no) for c in cmds
+            if (c.app_id, c.out_trade_no) not in self._by_key
+            and (c.app_id, c.out_trade_no) not in self._creating))
+        return await self._store.find_many(keys)
+
+    async def _submit_one(self, cmd: CreateOrder,
+                          known: dict[tuple[str, str], Order | None]) -> dict[str, Any]:
         try:
-            order = await self._create_or_replay(cmd)
+            order = await self._create_or_replay(cmd, known)
             deadline = order.created_at + self._s.sync_deadline_ms / 1000
             done = self._sync_done.get(order.order_id)
             if done is not None:
@@ -198,7 +210,8 @@ class OrderShard:
         except PaycellError as e:
             return error_reply(e)
 
-    async def _create_or_replay(self, cmd: CreateOrder) -> Order:
+    async def _create_or_replay(self, cmd: CreateOrder,
+                                known: dict[tuple[str, str], Order | None]) -> Order:
         key = (cmd.app_id, cmd.out_trade_no)
         while True:
             oid = self._by_key.get(key)
@@ -207,7 +220,7 @@ class OrderShard:
                 creating = self._creating.get(key)
                 if creating is None:
                     # _create registers the key before its first await: no second create races in.
-                    return await self._create(cmd)
+                    return await self._create(cmd, known)
                 existing = await asyncio.shield(creating)
                 if existing is None:
                     continue  # that create failed (e.g. Redis down): try again ourselves
@@ -221,12 +234,15 @@ class OrderShard:
             raise IdempotencyConflict(
                 f"out_trade_no {cmd.out_trade_no!r} was used for a different request")
 
-    async def _create(self, cmd: CreateOrder) -> Order:
+    async def _create(self, cmd: CreateOrder,
+                      known: dict[tuple[str, str], Order | None]) -> Order:
         key = (cmd.app_id, cmd.out_trade_no)
         fut: asyncio.Future[Order | None] = asyncio.get_running_loop().create_future()
         self._creating[key] = fut
         try:
-            stored = await self._store.find(*key)
+            # The batch's lookup is current: only this shard writes this key, and a create that
+            # finished since then is in memory (checked by the caller without awaiting).
+            stored = known[key] if key in known else await self._store.find(*key)
             if stored is not None:
                 self._remember(stored)
                 fut.set_result(stored)

@@ -5,9 +5,10 @@ Cluster slot and can share a MULTI/EXEC:
   pc:{tag}:o:<order_id>                 the order record (orjson)
   pc:{tag}:idem:<app_id>:<out_trade_no> the order id for an idempotency key (TTL)
   pc:{tag}:open                         set of order ids not yet final
-Writes queued while a pipeline is in flight ride in the next pipeline: one round trip and, with
-``appendfsync always``, one fsync for many state changes. A commit returns only once Redis has
-acknowledged the pipeline, so callers acknowledge nothing that is not durable.
+Writes queued while a commit is in flight ride in the next one: one round trip and, with
+``appendfsync always``, one fsync for many state changes. A batch is one call of a small Lua
+script, so it is atomic (all of it or none of it reaches the AOF) and costs one reply to parse.
+A commit returns only once Redis has acknowledged it: callers acknowledge nothing not durable.
 """
 from __future__ import annotations
 
@@ -21,6 +22,27 @@ from redis.exceptions import RedisError
 
 from core.errors import Unavailable
 from core.order import Order
+
+
+# KEYS: open set, then per write: order key, idempotency key.
+# ARGV: idempotency TTL (s), then per write: flag (n new / p pending / f final), order id, record.
+_COMMIT_LUA = """
+local ttl = tonumber(ARGV[1])
+local n = (#ARGV - 1) / 3
+for i = 0, n - 1 do
+  local flag, oid, rec = ARGV[2 + 3 * i], ARGV[3 + 3 * i], ARGV[4 + 3 * i]
+  redis.call('SET', KEYS[2 + 2 * i], rec)
+  if string.sub(flag, 1, 1) == 'n' then
+    redis.call('SET', KEYS[3 + 2 * i], oid, 'EX', ttl)
+  end
+  if string.sub(flag, -1) == 'f' then
+    redis.call('SREM', KEYS[1], oid)
+  else
+    redis.call('SADD', KEYS[1], oid)
+  end
+end
+return n
+"""
 
 
 @dataclass(slots=True)
@@ -39,6 +61,7 @@ class OrderStore:
         self._batch_max = commit_batch_max
         self._queue: list[_Write] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._commit_script = client.register_script(_COMMIT_LUA)
         self.pipelines = 0  # observability: pipelines written
         self.writes = 0     # observability: order writes committed
 
@@ -63,6 +86,20 @@ class OrderStore:
         if not order_id:
             return None
         return await self.get(order_id.decode() if isinstance(order_id, bytes) else order_id)
+
+    async def find_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Order | None]:
+        """Idempotency lookups for a batch in two round trips (MGET keys, MGET records)."""
+        if not keys:
+            return {}
+        ids = await self._call(self._r.mget([self.idem_key(a, k) for a, k in keys]))
+        found = {key: (oid.decode() if isinstance(oid, bytes) else oid)
+                 for key, oid in zip(keys, ids) if oid}
+        out: dict[tuple[str, str], Order | None] = {key: None for key in keys}
+        if found:
+            raws = await self._call(self._r.mget([self.order_key(o) for o in found.values()]))
+            for key, raw in zip(found, raws):
+                out[key] = Order.from_record(orjson.loads(raw)) if raw else None
+        return out
 
     async def load_open(self, chunk: int = 1000) -> list[Order]:
         ids = sorted(m.decode() for m in await self._call(self._r.smembers(self.open_key)))
@@ -98,17 +135,14 @@ class OrderStore:
                     w.done.set_result(None)
 
     async def _write(self, batch: list[_Write]) -> None:
-        pipe = self._r.pipeline(transaction=True)
+        keys = [self.open_key]
+        args: list[Any] = [self._ttl]
         for w in batch:
             o = w.order
-            pipe.set(self.order_key(o.order_id), orjson.dumps(o.to_record()))
-            if w.new:
-                pipe.set(self.idem_key(o.app_id, o.out_trade_no), o.order_id, ex=self._ttl)
-            if o.status.is_final:
-                pipe.srem(self.open_key, o.order_id)
-            else:
-                pipe.sadd(self.open_key, o.order_id)
-        await pipe.execute()
+            keys += [self.order_key(o.order_id), self.idem_key(o.app_id, o.out_trade_no)]
+            flag = ("n" if w.new else "") + ("f" if o.status.is_final else "p")
+            args += [flag, o.order_id, orjson.dumps(o.to_record())]
+        await self._commit_script(keys=keys, args=args)
         self.pipelines += 1
         self.writes += len(batch)
 

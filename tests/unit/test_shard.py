@@ -26,6 +26,12 @@ class MemStore:
         oid = self.idem.get((app_id, out_trade_no))
         return self.records.get(oid) if oid else None
 
+    async def find_many(self, keys):
+        await asyncio.sleep(0)
+        if self.down:
+            raise Unavailable("store down")
+        return {k: await self.find(*k) for k in keys}
+
     async def load_open(self):
         return [o for o in self.records.values() if not o.status.is_final]
 
