@@ -1,8 +1,7 @@
-"""ChannelHost: owns one channel's connector and its HTTP connection pool.
+"""ChannelHost: owns one channel's connector, its HTTP connection pool and its charges in flight.
 
-Answers are tagged tuples rather than raised exceptions so the caller can tell "the connector
-said the request was not sent" from "the actor call itself failed" (which is always unknown):
-  ("ok", ChannelResult) | ("not_sent", detail) | ("unknown", detail)
+Answers are tagged tuples (see actors.charges) so the caller can tell "the connector said the
+request was not sent" from "the actor call itself failed", which is always "outcome unknown".
 """
 from __future__ import annotations
 
@@ -11,11 +10,10 @@ from typing import Any
 
 import aiohttp
 
-from channels.base import ChargeRequest, ChannelResult, Connector, NotSent, OutcomeUnknown
+from actors.charges import ChargeBoard, Tagged, tagged
+from channels.base import ChargeRequest, Connector
 from channels.registry import build_connector
 from core.settings import Settings
-
-Tagged = tuple[str, Any]
 
 
 class ChannelHost:
@@ -25,7 +23,9 @@ class ChannelHost:
         self._notify_url = notify_url
         self._session: aiohttp.ClientSession | None = None
         self._connector: Connector | None = None
-        self.calls = {"charge": 0, "query": 0, "cancel": 0, "not_sent": 0, "unknown": 0}
+        self._board = ChargeBoard(lambda req: self._ensure().charge(req),
+                                  settings.orders.channel_actor_charges_inflight_max)
+        self.calls = {"charge": 0, "query": 0, "cancel": 0, "batches": 0, "collects": 0}
 
     def _ensure(self) -> Connector:
         if self._connector is None:
@@ -36,30 +36,28 @@ class ChannelHost:
                                               notify_url=self._notify_url, session=self._session)
         return self._connector
 
-    async def _run(self, kind: str, coro: Any) -> Tagged:
-        self.calls[kind] += 1
-        try:
-            result: ChannelResult = await coro
-            return ("ok", result)
-        except NotSent as e:
-            self.calls["not_sent"] += 1
-            return ("not_sent", f"{type(e).__name__}: {e}"[:300])
-        except OutcomeUnknown as e:
-            self.calls["unknown"] += 1
-            return ("unknown", f"{type(e).__name__}: {e}"[:300])
+    async def charge_many(self, reqs: list[ChargeRequest], wait_s: float) -> list[Tagged | None]:
+        self.calls["batches"] += 1
+        self.calls["charge"] += len(reqs)
+        self._ensure()
+        return await self._board.charge_many(reqs, wait_s)
 
-    async def charge(self, req: ChargeRequest) -> Tagged:
-        return await self._run("charge", self._ensure().charge(req))
+    async def collect(self, order_ids: list[str], wait_s: float) -> dict[str, Tagged]:
+        self.calls["collects"] += 1
+        return await self._board.collect(order_ids, wait_s)
 
     async def query(self, order_id: str, currency: str) -> Tagged:
-        return await self._run("query", self._ensure().query(order_id, currency))
+        self.calls["query"] += 1
+        return await tagged(self._ensure().query(order_id, currency))
 
     async def cancel(self, order_id: str) -> Tagged:
-        return await self._run("cancel", self._ensure().cancel(order_id))
+        self.calls["cancel"] += 1
+        return await tagged(self._ensure().cancel(order_id))
 
     async def ping(self) -> dict[str, Any]:
         self._ensure()
-        return {"channel": self._channel, "pid": os.getpid(), **self.calls}
+        return {"channel": self._channel, "pid": os.getpid(), "in_flight": len(self._board),
+                **self.calls}
 
     async def close(self) -> None:
         if self._session is not None:

@@ -13,7 +13,9 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 from actors.names import channel_actor_name, shard_actor_name
-from channels.base import ChargeRequest, ChannelResult, NotSent, Notification, OutcomeUnknown
+from actors.charges import untag
+from channels.base import (ChargeRequest, ChannelError, ChannelResult, NotSent, Notification,
+                           OutcomeUnknown)
 from core.errors import Unavailable
 from core.order import CreateOrder
 from core.settings import Settings
@@ -67,8 +69,9 @@ class ShardClient:
     async def find(self, shard: int, app_id: str, out_trade_no: str) -> dict[str, Any] | None:
         return await self._call(shard, "find", app_id, out_trade_no)
 
-    async def notify(self, shard: int, note: Notification) -> bool:
-        return bool(await self._call(shard, "notify", note))
+    async def notify_many(self, shard: int, notes: list[Notification]) -> list[bool]:
+        result: list[bool] = await self._call(shard, "notify_many", notes)
+        return result
 
     async def ping(self, shard: int) -> dict[str, Any]:
         return await self._call(shard, "ping")
@@ -80,35 +83,41 @@ class RayChannelPort:
     def __init__(self, settings: Settings) -> None:
         self._set = settings.orders.set_name
         # A bound above the connector's own HTTP timeout: past it the call's fate is unknown.
-        self._timeout_s = 2 * settings.alipay.call_timeout_ms / 1000 + 1
+        self._margin_s = 2 * settings.alipay.call_timeout_ms / 1000 + 1
         self._handles = _Handles(settings.ray.namespace)
 
-    async def _call(self, channel: str, method: str, *args: Any) -> ChannelResult:
+    async def _call(self, channel: str, method: str, timeout_s: float, *args: Any) -> Any:
         name = channel_actor_name(self._set, channel)
         try:
             handle = self._handles.get(name)
         except ValueError:
             raise NotSent(f"channel actor {channel} does not exist") from None
         try:
-            ref = getattr(handle, method).remote(*args)
-            tag, value = await asyncio.wait_for(ref, self._timeout_s)
+            return await asyncio.wait_for(getattr(handle, method).remote(*args), timeout_s)
         except asyncio.TimeoutError:
             raise OutcomeUnknown(f"channel actor {channel} timed out") from None
         except _RAY_FAILURES as e:
             self._handles.forget(name)
             raise OutcomeUnknown(f"channel actor {channel}: {type(e).__name__}") from None
-        if tag == "ok":
-            assert isinstance(value, ChannelResult)
-            return value
-        if tag == "not_sent":
-            raise NotSent(value)
-        raise OutcomeUnknown(value)
 
-    async def charge(self, channel: str, req: ChargeRequest) -> ChannelResult:
-        return await self._call(channel, "charge", req)
+    async def charge_many(self, channel: str, reqs: list[ChargeRequest], wait_s: float
+                          ) -> list[ChannelResult | ChannelError | None]:
+        answers = await self._call(channel, "charge_many", wait_s + self._margin_s, reqs, wait_s)
+        return [None if a is None else untag(a) for a in answers]
+
+    async def collect(self, channel: str, order_ids: list[str], wait_s: float
+                      ) -> dict[str, ChannelResult | ChannelError]:
+        answers = await self._call(channel, "collect", wait_s + self._margin_s, order_ids, wait_s)
+        return {oid: untag(a) for oid, a in answers.items()}
+
+    async def _single(self, channel: str, method: str, *args: Any) -> ChannelResult:
+        result = untag(await self._call(channel, method, self._margin_s, *args))
+        if isinstance(result, ChannelError):
+            raise result
+        return result
 
     async def query(self, channel: str, order_id: str, currency: str) -> ChannelResult:
-        return await self._call(channel, "query", order_id, currency)
+        return await self._single(channel, "query", order_id, currency)
 
     async def cancel(self, channel: str, order_id: str) -> ChannelResult:
-        return await self._call(channel, "cancel", order_id)
+        return await self._single(channel, "cancel", order_id)

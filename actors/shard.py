@@ -24,7 +24,8 @@ from collections import OrderedDict
 from dataclasses import replace
 from typing import Any, Protocol
 
-from channels.base import ChargeRequest, ChannelResult, NotSent, Notification, OutcomeUnknown
+from channels.base import (ChargeRequest, ChannelError, ChannelResult, NotSent, Notification,
+                           OutcomeUnknown)
 from core.clock import Clock, SystemClock
 from core.errors import IdempotencyConflict, Overloaded, PaycellError, Unavailable
 from core.ids import make_order_id
@@ -35,10 +36,16 @@ from core.states import Fact, Outcome, Rung
 log = logging.getLogger("paycell.shard")
 
 RECENT_FINAL_MAX = 20_000  # final orders kept in memory for fast idempotent replays
+COLLECT_WAIT_S = 1.0       # long poll for charges still running past the sync wait
 
 
 class ChannelPort(Protocol):
-    async def charge(self, channel: str, req: ChargeRequest) -> ChannelResult: ...
+    """Channel calls as the shard sees them. Charges go in batches: `charge_many` answers what
+    finished within `wait_s` (None for a charge still running), `collect` the late ones."""
+    async def charge_many(self, channel: str, reqs: list[ChargeRequest], wait_s: float
+                          ) -> list[ChannelResult | ChannelError | None]: ...
+    async def collect(self, channel: str, order_ids: list[str], wait_s: float
+                      ) -> dict[str, ChannelResult | ChannelError]: ...
     async def query(self, channel: str, order_id: str, currency: str) -> ChannelResult: ...
     async def cancel(self, channel: str, order_id: str) -> ChannelResult: ...
 
@@ -82,7 +89,11 @@ class OrderShard:
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._followups = 0
-        self.counters = {"created": 0, "replayed": 0, "conflicts": 0, "late_sync": 0,
+        self._to_charge: list[tuple[Order, CreateOrder]] = []
+        self._charge_flush_due = False
+        self._awaiting: dict[str, set[str]] = {}   # channel -> orders whose charge runs late
+        self._collectors: dict[str, asyncio.Task[None]] = {}
+        self.counters = {"submit_calls": 0, "submitted": 0, "notify_calls": 0, "created": 0, "replayed": 0, "conflicts": 0, "late_sync": 0,
                          "queries": 0, "cancels": 0, "notifies": 0, "fact_conflicts": 0}
 
     # ------------------------------------------------------------------ lifecycle
@@ -177,6 +188,8 @@ class OrderShard:
     # ------------------------------------------------------------------ create and pay
     async def submit(self, cmds: list[CreateOrder]) -> list[dict[str, Any]]:
         """A batch of create-and-pay commands; one reply per command, in order."""
+        self.counters["submit_calls"] += 1
+        self.counters["submitted"] += len(cmds)
         try:
             await self.ensure_started()
             known = await self._prefetch(cmds)
@@ -259,7 +272,7 @@ class OrderShard:
             self.counters["created"] += 1
             self._sync_done[oid] = asyncio.Event()
             fut.set_result(order)
-            self._spawn(self._charge(order, cmd))
+            self._queue_charge(order, cmd)
             return order
         except BaseException:
             if not fut.done():
@@ -268,33 +281,88 @@ class OrderShard:
         finally:
             self._creating.pop(key, None)
 
-    async def _charge(self, order: Order, cmd: CreateOrder) -> None:
-        req = ChargeRequest(order_id=order.order_id, amount=order.amount, currency=order.currency,
-                            subject=order.subject, payment_type=order.payment_type,
-                            auth_code=cmd.auth_code, notify_url=self._notify_url)
-        deadline = order.created_at + self._s.sync_deadline_ms / 1000
+    def _queue_charge(self, order: Order, cmd: CreateOrder) -> None:
+        """Charges created in one turn of the loop leave together: one actor call per channel."""
+        self._to_charge.append((order, cmd))
+        if not self._charge_flush_due:
+            self._charge_flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush_charges)
+
+    def _flush_charges(self) -> None:
+        self._charge_flush_due = False
+        items, self._to_charge = self._to_charge, []
+        by_channel: dict[str, list[tuple[Order, CreateOrder]]] = {}
+        for order, cmd in items:
+            by_channel.setdefault(order.channel, []).append((order, cmd))
+        for channel, group in by_channel.items():
+            self._spawn(self._charge_batch(channel, group))
+
+    async def _charge_batch(self, channel: str, items: list[tuple[Order, CreateOrder]]) -> None:
+        reqs = [ChargeRequest(order_id=o.order_id, amount=o.amount, currency=o.currency,
+                              subject=o.subject, payment_type=o.payment_type,
+                              auth_code=cmd.auth_code, notify_url=self._notify_url)
+                for o, cmd in items]
+        deadline = min(o.created_at for o, _ in items) + self._s.sync_deadline_ms / 1000
+        results: list[ChannelResult | ChannelError | None]
         try:
-            async with self._channel_slots:
-                result = await self._channels.charge(order.channel, req)
+            results = await self._channels.charge_many(
+                channel, reqs, max(0.0, deadline - self._clock.time()))
         except NotSent as e:
-            await self._learn(order.order_id, Fact.DECLINED, Rung.SYNC,
-                              failure_code="channel_unavailable", failure_message=str(e)[:200])
-        except (OutcomeUnknown, PaycellError) as e:
-            log.info("order %s charge outcome unknown: %s", order.order_id, type(e).__name__,
-                     extra=self._ctx(order.order_id, order.channel))
-            self._schedule(self._clock.time() + self._s.query_first_delay_ms / 1000,
-                           order.order_id, "query")
-        else:
-            if self._clock.time() > deadline:
-                self.counters["late_sync"] += 1
-            await self._learn(order.order_id, result.fact, Rung.SYNC, result=result)
-            if result.fact is Fact.WAITING:
-                self._schedule(self._clock.time() + self._s.query_first_delay_ms / 1000,
-                               order.order_id, "query")
+            results = [e] * len(items)
+        except (OutcomeUnknown, PaycellError) as e:  # the call itself failed: fate unknown
+            results = [OutcomeUnknown(str(e))] * len(items)
+        await asyncio.gather(*(self._on_charge_answer(o, res)
+                               for (o, _), res in zip(items, results)))
+
+    async def _on_charge_answer(self, order: Order,
+                                res: ChannelResult | ChannelError | None) -> None:
+        oid = order.order_id
+        if res is None:  # still running at the channel: collect it later
+            self._awaiting.setdefault(order.channel, set()).add(oid)
+            collector = self._collectors.get(order.channel)
+            if collector is None or collector.done():
+                self._collectors[order.channel] = asyncio.get_running_loop().create_task(
+                    self._collect_loop(order.channel))
+            return
+        try:
+            if isinstance(res, NotSent):
+                await self._learn(oid, Fact.DECLINED, Rung.SYNC, failure_code="channel_unavailable",
+                                  failure_message=str(res)[:200])
+            elif isinstance(res, ChannelError):
+                log.info("order %s charge outcome unknown: %s", oid, type(res).__name__,
+                         extra=self._ctx(oid, order.channel))
+                self._schedule_query(oid)
+            else:
+                if self._clock.time() > order.created_at + self._s.sync_deadline_ms / 1000:
+                    self.counters["late_sync"] += 1
+                await self._learn(oid, res.fact, Rung.SYNC, result=res)
+                if res.fact is Fact.WAITING:
+                    self._schedule_query(oid)
+        except PaycellError:  # the answer could not be made durable: the query ladder retries
+            self._schedule_query(oid)
         finally:
-            ev = self._sync_done.pop(order.order_id, None)
+            ev = self._sync_done.pop(oid, None)
             if ev is not None:
                 ev.set()
+
+    async def _collect_loop(self, channel: str) -> None:
+        waiting = self._awaiting.get(channel, set())
+        while waiting:
+            ids = sorted(waiting)
+            try:
+                got = await self._channels.collect(channel, ids, COLLECT_WAIT_S)
+            except (ChannelError, PaycellError) as e:  # the actor is gone: what it held is unknown
+                got = {oid: OutcomeUnknown(str(e)) for oid in ids}
+            answers = []
+            for oid, res in got.items():
+                waiting.discard(oid)
+                order = self._cached(oid)
+                if order is not None:
+                    answers.append(self._on_charge_answer(order, res))
+            await asyncio.gather(*answers)
+
+    def _schedule_query(self, order_id: str) -> None:
+        self._schedule(self._clock.time() + self._s.query_first_delay_ms / 1000, order_id, "query")
 
     # ------------------------------------------------------------------ facts
     async def _learn(self, order_id: str, fact: Fact, rung: Rung, *,
@@ -329,6 +397,17 @@ class OrderShard:
             if new.status.is_final:
                 self._locks.pop(order_id, None)
             return new
+
+    async def notify_many(self, notes: list[Notification]) -> list[bool]:
+        """A batch of verified channel notifications (one actor call from the gateway)."""
+        await self.ensure_started()
+        self.counters["notify_calls"] += 1
+        results = await asyncio.gather(*(self.notify(n) for n in notes), return_exceptions=True)
+        for note, r in zip(notes, results):
+            if isinstance(r, BaseException) and not isinstance(r, PaycellError):
+                log.error("notification for %s crashed: %r", note.order_id, r,
+                          extra=self._ctx(note.order_id, ""))
+        return [r is True for r in results]  # False: the channel will deliver it again
 
     async def notify(self, note: Notification) -> bool:
         """A verified channel notification; True when it was applied or already known."""

@@ -1,4 +1,4 @@
-"""Per-shard micro-batching: many create requests ride in one actor call.
+"""Per-shard micro-batching: many requests (creates, notifications) ride in one actor call.
 
 A request for an idle shard goes at once (no added latency at low load). While calls to a shard
 are in flight, new requests gather for at most `batch_linger_us` or until `batch_max_orders`, so
@@ -8,36 +8,36 @@ batches grow with load. Bounds: `shard_calls_inflight_max` concurrent calls and
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable, Generic, TypeVar
 
 from core.errors import Overloaded, PaycellError
-from core.order import CreateOrder
 
-SubmitFn = Callable[[int, list[CreateOrder]], Awaitable[list[dict[str, Any]]]]
-_Item = tuple[CreateOrder, "asyncio.Future[dict[str, Any]]"]
+T = TypeVar("T")   # what a request carries to the shard
+R = TypeVar("R")   # what the shard answers for it
 
 
-class ShardBatcher:
-    def __init__(self, submit: SubmitFn, shard_count: int, *, batch_max: int, linger_us: int,
+class ShardBatcher(Generic[T, R]):
+    def __init__(self, submit: Callable[[int, list[T]], Awaitable[list[R]]], shard_count: int, *,
+                 batch_max: int, linger_us: int,
                  inflight_max: int, queue_max: int) -> None:
         self._submit = submit
         self._batch_max = batch_max
         self._linger_s = linger_us / 1_000_000
         self._inflight_max = inflight_max
         self._queue_max = queue_max
-        self._queues: list[list[_Item]] = [[] for _ in range(shard_count)]
+        self._queues: list[list[tuple[T, asyncio.Future[R]]]] = [[] for _ in range(shard_count)]
         self._inflight = [0] * shard_count
         self._timers: list[asyncio.TimerHandle | None] = [None] * shard_count
         self._tasks: set[asyncio.Task[None]] = set()
         self.calls = 0
         self.orders = 0
 
-    async def submit(self, shard: int, cmd: CreateOrder) -> dict[str, Any]:
+    async def submit(self, shard: int, item: T) -> R:
         q = self._queues[shard]
         if len(q) >= self._queue_max:
             raise Overloaded(f"shard {shard} queue is full", retry_after_s=1)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        q.append((cmd, fut))
+        fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        q.append((item, fut))
         if self._inflight[shard] == 0 or len(q) >= self._batch_max:
             self._flush(shard)
         elif self._timers[shard] is None:
@@ -59,7 +59,7 @@ class ShardBatcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, shard: int, batch: list[_Item]) -> None:
+    async def _send(self, shard: int, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
         self.calls += 1
         self.orders += len(batch)
         try:

@@ -104,7 +104,7 @@ async def channel_notify(request: web.Request) -> web.Response:
     accepted = False
     try:
         shard = _local_shard(request, note.order_id)
-        accepted = await request.app[keys.SHARDS].notify(shard, note)
+        accepted = await request.app[keys.NOTIFY_BATCHER].submit(shard, note)
     except PaycellError as e:  # unknown order or shard down: the channel will retry
         log.warning("%s notification for %s not applied: %s", channel, note.order_id, e.code)
     metrics.labels(channel, "accepted" if accepted else "refused").inc()

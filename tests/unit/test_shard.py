@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 
+from actors.charges import ChargeBoard, untag
 from actors.shard import OrderShard
 from channels.base import ChannelResult, NotSent, Notification, OutcomeUnknown
 from core.errors import Unavailable
@@ -46,9 +47,12 @@ class MemStore:
 
 
 class ScriptedChannel:
-    """charge/query/cancel answers chosen per order amount; counts every call."""
+    """Scripted charge/query/cancel answers; counts every call. Charges go through the same
+    ChargeBoard the channel actor uses (batches, answers within a wait, late ones collected)."""
 
     def __init__(self, charge_delay_s=0.0):
+        self.board = ChargeBoard(self._charge, 1000)
+        self.batches = 0
         self.charges: list[str] = []
         self.queries: list[str] = []
         self.cancels: list[str] = []
@@ -56,7 +60,14 @@ class ScriptedChannel:
         self.query_fact = Fact.PAID
         self.charge_behaviour = "paid"
 
-    async def charge(self, channel, req):
+    async def charge_many(self, channel, reqs, wait_s):
+        self.batches += 1
+        return [None if a is None else untag(a) for a in await self.board.charge_many(reqs, wait_s)]
+
+    async def collect(self, channel, order_ids, wait_s):
+        return {k: untag(v) for k, v in (await self.board.collect(order_ids, wait_s)).items()}
+
+    async def _charge(self, req):
         self.charges.append(req.order_id)
         await asyncio.sleep(self.charge_delay_s)
         b = self.charge_behaviour
@@ -243,3 +254,35 @@ async def test_other_apps_cannot_read_an_order():
     [r] = await sh.submit([cmd()])
     assert await sh.get("other-app", r["order"]["order_id"]) is None
     assert await sh.find("other-app", "k1") is None
+
+
+async def test_a_batch_makes_one_channel_call_and_a_slow_charge_does_not_hold_the_others():
+    ch = ScriptedChannel()
+    sh = shard(channel=ch)
+    await sh.ping()
+    fast = [cmd(key=f"b{i}") for i in range(10)]
+    replies = await sh.submit(fast)
+    assert all(r["order"]["status"] == "SUCCEEDED" for r in replies)
+    assert ch.batches == 1 and len(ch.charges) == 10
+
+    slow_ch = ScriptedChannel(charge_delay_s=0.5)
+    sh2 = shard(channel=slow_ch)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    [r] = await sh2.submit([cmd(key="slow")])
+    assert r["http"] == 202 and loop.time() - t0 < 0.35
+    o = await wait_for_status(sh2, r["order"]["order_id"], "SUCCEEDED")
+    assert o["resolved_by"] == "sync" and len(slow_ch.charges) == 1
+
+
+async def test_a_lost_charge_answer_is_resolved_by_query():
+    class Forgetful(ScriptedChannel):
+        async def collect(self, channel, order_ids, wait_s):  # the actor restarted
+            return {oid: OutcomeUnknown("not in flight here") for oid in order_ids}
+
+    ch = Forgetful(charge_delay_s=0.5)
+    sh = shard(channel=ch)
+    [r] = await sh.submit([cmd()])
+    assert r["http"] == 202
+    o = await wait_for_status(sh, r["order"]["order_id"], "SUCCEEDED")
+    assert o["resolved_by"] == "query" and len(ch.charges) == 1
