@@ -12,10 +12,10 @@ Answers travel as tagged tuples so a caller can tell what the connector said fro
 """
 from __future__ import annotations
 
-import asyncio
 import functools
 from typing import Any, Awaitable, Callable
 
+from actors.board import TaskBoard
 from channels.base import ChargeRequest, ChannelError, ChannelResult, NotSent, OutcomeUnknown
 
 Tagged = tuple[str, Any]
@@ -42,66 +42,26 @@ def untag(t: Tagged) -> ChannelResult | ChannelError:
 
 
 class ChargeBoard:
+    """The charges in flight in one channel actor, keyed by order id (never two per order)."""
+
     def __init__(self, charge: Callable[[ChargeRequest], Awaitable[ChannelResult]],
                  inflight_max: int) -> None:
         self._charge = charge
-        self._inflight_max = inflight_max
-        self._tasks: dict[str, asyncio.Task[Tagged]] = {}
-        self._done_at: dict[str, float] = {}
+        self._board: TaskBoard[str, Tagged] = TaskBoard(
+            inflight_max=inflight_max, keep_s=KEEP_ANSWERS_S,
+            refused=lambda _k: ("not_sent", "channel actor at its in-flight bound"),
+            lost=lambda _k: ("unknown", "not in flight here (channel actor restarted?)"),
+            crashed=lambda _k, e: ("unknown", f"charge crashed: {type(e).__name__}"))
 
     def __len__(self) -> int:
-        return len(self._tasks)
+        return len(self._board)
 
     async def charge_many(self, reqs: list[ChargeRequest], wait_s: float) -> list[Tagged | None]:
-        self._sweep()
-        tasks: list[asyncio.Task[Tagged] | None] = [self._start(r) for r in reqs]
-        running = [t for t in tasks if t is not None and not t.done()]
-        if running and wait_s > 0:
-            await asyncio.wait(running, timeout=wait_s)
-        out: list[Tagged | None] = []
-        for req, task in zip(reqs, tasks):
-            if task is None:
-                out.append(("not_sent", "channel actor at its in-flight bound"))
-            elif task.done():
-                out.append(self._take(req.order_id))
-            else:
-                out.append(None)
-        return out
+        return await self._board.run_many(
+            [(r.order_id, functools.partial(self._run, r)) for r in reqs], wait_s)
 
     async def collect(self, order_ids: list[str], wait_s: float) -> dict[str, Tagged]:
-        """Answers for these orders: those done now, or the first to finish within wait_s."""
-        lost = {oid: ("unknown", "not in flight here (channel actor restarted?)")
-                for oid in order_ids if oid not in self._tasks}
-        mine = [self._tasks[oid] for oid in order_ids if oid in self._tasks]
-        if mine and not any(t.done() for t in mine) and wait_s > 0:
-            await asyncio.wait(mine, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
-        done = {oid: self._take(oid) for oid in order_ids
-                if oid in self._tasks and self._tasks[oid].done()}
-        return {**lost, **done}
+        return await self._board.collect(order_ids, wait_s)
 
-    def _start(self, req: ChargeRequest) -> asyncio.Task[Tagged] | None:
-        existing = self._tasks.get(req.order_id)
-        if existing is not None:  # never a second charge for one order
-            return existing
-        if len(self._tasks) >= self._inflight_max:
-            return None
-        task = asyncio.get_running_loop().create_task(tagged(self._charge(req)))
-        self._tasks[req.order_id] = task
-        task.add_done_callback(functools.partial(self._mark_done, req.order_id))
-        return task
-
-    def _mark_done(self, order_id: str, _task: object) -> None:
-        self._done_at[order_id] = asyncio.get_running_loop().time()
-
-    def _take(self, order_id: str) -> Tagged:
-        task = self._tasks.pop(order_id)
-        self._done_at.pop(order_id, None)
-        exc = task.exception()
-        if exc is not None:  # `tagged` maps channel errors; anything else is a bug: say unknown
-            return ("unknown", f"charge crashed: {type(exc).__name__}")
-        return task.result()
-
-    def _sweep(self) -> None:
-        horizon = asyncio.get_running_loop().time() - KEEP_ANSWERS_S
-        for oid in [o for o, at in self._done_at.items() if at < horizon]:
-            self._take(oid)
+    async def _run(self, req: ChargeRequest) -> Tagged:
+        return await tagged(self._charge(req))

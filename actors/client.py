@@ -21,6 +21,7 @@ from core.order import CreateOrder
 from core.settings import Settings
 
 _RAY_FAILURES = (RayActorError, RayError, GetTimeoutError, ValueError)
+REPLY_POLL_S = 1.0  # long poll for replies a shard had not ready when its batch answered
 
 
 class _Handles:
@@ -45,6 +46,7 @@ class ShardClient:
     def __init__(self, settings: Settings) -> None:
         self._set = settings.orders.set_name
         self._timeout_s = settings.gateway.shard_call_timeout_ms / 1000
+        self._reply_wait_s = settings.gateway.shard_reply_wait_ms / 1000
         self._handles = _Handles(settings.ray.namespace)
 
     async def _call(self, shard: int, method: str, *args: Any) -> Any:
@@ -59,8 +61,15 @@ class ShardClient:
             raise Unavailable(f"shard {shard} unavailable ({type(e).__name__})",
                               retry_after_s=1) from None
 
-    async def submit(self, shard: int, cmds: list[CreateOrder]) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = await self._call(shard, "submit", cmds)
+    async def submit(self, shard: int, tickets: list[str], cmds: list[CreateOrder]
+                     ) -> list[dict[str, Any] | None]:
+        result: list[dict[str, Any] | None] = await self._call(
+            shard, "submit", cmds, tickets, self._reply_wait_s)
+        return result
+
+    async def await_replies(self, shard: int, tickets: list[str]) -> dict[str, dict[str, Any]]:
+        result: dict[str, dict[str, Any]] = await self._call(
+            shard, "await_replies", tickets, REPLY_POLL_S)
         return result
 
     async def get(self, shard: int, app_id: str, order_id: str) -> dict[str, Any] | None:
@@ -69,8 +78,9 @@ class ShardClient:
     async def find(self, shard: int, app_id: str, out_trade_no: str) -> dict[str, Any] | None:
         return await self._call(shard, "find", app_id, out_trade_no)
 
-    async def notify_many(self, shard: int, notes: list[Notification]) -> list[bool]:
-        result: list[bool] = await self._call(shard, "notify_many", notes)
+    async def notify_many(self, shard: int, _tickets: list[str], notes: list[Notification]
+                          ) -> list[bool | None]:
+        result: list[bool | None] = await self._call(shard, "notify_many", notes)
         return result
 
     async def ping(self, shard: int) -> dict[str, Any]:

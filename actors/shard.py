@@ -17,13 +17,16 @@ and only queries them. Memory follows Redis: a record changes in memory only aft
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
+import itertools
 import logging
 import os
 from collections import OrderedDict
 from dataclasses import replace
 from typing import Any, Protocol
 
+from actors.board import TaskBoard
 from channels.base import (ChargeRequest, ChannelError, ChannelResult, NotSent, Notification,
                            OutcomeUnknown)
 from core.clock import Clock, SystemClock
@@ -37,6 +40,7 @@ log = logging.getLogger("paycell.shard")
 
 RECENT_FINAL_MAX = 20_000  # final orders kept in memory for fast idempotent replays
 COLLECT_WAIT_S = 1.0       # long poll for charges still running past the sync wait
+REPLY_KEEP_S = 60.0        # a reply nobody collected (its gateway died) is dropped after this
 
 
 class ChannelPort(Protocol):
@@ -92,6 +96,14 @@ class OrderShard:
         self._to_charge: list[tuple[Order, CreateOrder]] = []
         self._charge_flush_due = False
         self._awaiting: dict[str, set[str]] = {}   # channel -> orders whose charge runs late
+        self._local_tickets = itertools.count()
+        self._replies: TaskBoard[str, dict[str, Any]] = TaskBoard(
+            inflight_max=self._s.open_orders_max, keep_s=REPLY_KEEP_S,
+            refused=lambda _t: error_reply(Overloaded("too many replies waiting", retry_after_s=1)),
+            lost=lambda _t: error_reply(Unavailable(
+                "the reply was lost with a shard restart; retry with the same out_trade_no",
+                retry_after_s=1)),
+            crashed=self._crashed_reply)
         self._collectors: dict[str, asyncio.Task[None]] = {}
         self.counters = {"submit_calls": 0, "submitted": 0, "notify_calls": 0, "created": 0, "replayed": 0, "conflicts": 0, "late_sync": 0,
                          "queries": 0, "cancels": 0, "notifies": 0, "fact_conflicts": 0}
@@ -133,6 +145,10 @@ class OrderShard:
 
     def _ctx(self, order_id: str, channel: str) -> dict[str, Any]:
         return {"order_id": order_id, "shard": self._shard, "channel": channel}
+
+    def _crashed_reply(self, ticket: str, exc: BaseException) -> dict[str, Any]:
+        log.error("submit crashed (ticket %s): %r", ticket, exc, extra={"shard": self._shard})
+        return error_reply(PaycellError("internal error"))
 
     # ------------------------------------------------------------------ memory
     def _remember(self, o: Order) -> None:
@@ -186,8 +202,13 @@ class OrderShard:
         return o
 
     # ------------------------------------------------------------------ create and pay
-    async def submit(self, cmds: list[CreateOrder]) -> list[dict[str, Any]]:
-        """A batch of create-and-pay commands; one reply per command, in order."""
+    async def submit(self, cmds: list[CreateOrder], tickets: list[str] | None = None,
+                     wait_s: float | None = None) -> list[dict[str, Any] | None]:
+        """A batch of create-and-pay commands; one reply per command, in order.
+
+        With `wait_s`, replies not ready by then are None and wait on the board under the
+        caller's `tickets`, for `await_replies` (so one slow order does not hold the batch).
+        """
         self.counters["submit_calls"] += 1
         self.counters["submitted"] += len(cmds)
         try:
@@ -195,7 +216,16 @@ class OrderShard:
             known = await self._prefetch(cmds)
         except PaycellError as e:
             return [error_reply(e)] * len(cmds)
-        return list(await asyncio.gather(*(self._submit_one(c, known) for c in cmds)))
+        if tickets is None:
+            tickets = [f"local-{next(self._local_tickets)}" for _ in cmds]
+        assert len(tickets) == len(cmds)
+        return await self._replies.run_many(
+            [(t, functools.partial(self._submit_one, c, known)) for t, c in zip(tickets, cmds)],
+            wait_s)
+
+    async def await_replies(self, tickets: list[str], wait_s: float) -> dict[str, dict[str, Any]]:
+        """Long poll for replies that were not ready when their batch answered."""
+        return await self._replies.collect(tickets, wait_s)
 
     async def _prefetch(self, cmds: list[CreateOrder]) -> dict[tuple[str, str], Order | None]:
         """One batched Redis lookup for the keys this shard does not hold in memory."""

@@ -49,7 +49,8 @@ class GatewaySettings:
     auth_window_s: int = 300
     batch_max_orders: int = 64         # orders in one actor call
     batch_linger_us: int = 500         # how long a non-full batch waits for company
-    shard_calls_inflight_max: int = 32  # concurrent actor calls per shard from one gateway
+    shard_calls_inflight_max: int = 2   # concurrent batch calls per shard from one gateway
+    shard_reply_wait_ms: int = 50       # a batch answers what is ready by then; the rest later
     shard_queue_max_orders: int = 4096  # queued orders per shard before 503
     shard_call_timeout_ms: int = 15_000  # a shard call slower than this answers 503 (order is safe)
 
@@ -82,7 +83,7 @@ class RaySettings:
 class OrderSettings:
     region: str = "local"
     set_name: str = "s0"
-    shard_count: int = 4
+    shard_count: int = 2
     sync_deadline_ms: int = 800        # the client's sync answer; later -> 202 PENDING
     query_first_delay_ms: int = 1000   # first query after an unknown outcome
     query_interval_ms: int = 2000      # then every interval ...

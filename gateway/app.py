@@ -69,11 +69,13 @@ def create_app(settings: Settings, *, shards: Any = None, nonces: Any = None, re
         else:
             app[keys.SHARDS] = shards
         g = settings.gateway
-        limits = {"batch_max": g.batch_max_orders, "linger_us": g.batch_linger_us,
-                  "inflight_max": g.shard_calls_inflight_max, "queue_max": g.shard_queue_max_orders}
-        count = settings.orders.shard_count
-        app[keys.BATCHER] = ShardBatcher(app[keys.SHARDS].submit, count, **limits)
-        app[keys.NOTIFY_BATCHER] = ShardBatcher(app[keys.SHARDS].notify_many, count, **limits)
+        def batcher(submit: Any, collect: Any = None) -> Any:
+            return ShardBatcher(submit, settings.orders.shard_count, batch_max=g.batch_max_orders,
+                                linger_us=g.batch_linger_us, inflight_max=g.shard_calls_inflight_max,
+                                queue_max=g.shard_queue_max_orders, collect=collect)
+
+        app[keys.BATCHER] = batcher(app[keys.SHARDS].submit, app[keys.SHARDS].await_replies)
+        app[keys.NOTIFY_BATCHER] = batcher(app[keys.SHARDS].notify_many)
         keepalive = asyncio.get_running_loop().create_task(_keep_shards_alive(app))
         yield
         keepalive.cancel()
