@@ -22,6 +22,7 @@ import heapq
 import itertools
 import logging
 import os
+import random
 from collections import OrderedDict
 from dataclasses import replace
 from typing import Any, Protocol
@@ -126,10 +127,13 @@ class OrderShard:
     async def _rebuild(self) -> None:
         orders = await self._store.load_open()
         now = self._clock.time()
+        spread_s = self._s.query_interval_ms / 1000
         for o in orders:
             self._remember(o)
             # Query before anything else: the charge may or may not have reached the channel.
-            self._schedule(now, o.order_id, "query")
+            # Spread over one interval, so 100,000 open orders are not one burst at the channel.
+            first = max(now, o.created_at + self._s.query_first_delay_ms / 1000)
+            self._schedule(first + random.random() * spread_s, o.order_id, "query")
         if orders:
             log.info("shard %d rebuilt %d open orders", self._shard, len(orders),
                      extra={"shard": self._shard})

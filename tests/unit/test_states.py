@@ -86,3 +86,17 @@ def test_fingerprint_ignores_auth_code_but_not_amount():
     b = CreateOrder("app", "k", "u", 600, "CNY", "s", "alipay", "barcode", "222")
     c = CreateOrder("app", "k", "u", 601, "CNY", "s", "alipay", "barcode", "111")
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_from_record_fills_defaults_interns_shared_strings_and_refuses_a_broken_record():
+    o = _order()
+    rec = o.to_record()
+    del rec["conflicts"]  # a record written before the field existed
+    back = Order.from_record(rec)
+    assert back == o and back.conflicts == 0
+    other = Order.from_record(_order().to_record())
+    assert back.app_id is other.app_id and back.channel is other.channel
+    broken = o.to_record()
+    del broken["amount"]
+    with pytest.raises(KeyError):
+        Order.from_record(broken)
