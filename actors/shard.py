@@ -60,7 +60,7 @@ class StorePort(Protocol):
     async def find(self, app_id: str, out_trade_no: str) -> Order | None: ...
     async def find_many(self, keys: list[tuple[str, str]]
                         ) -> dict[tuple[str, str], Order | None]: ...
-    async def load_open(self) -> list[Order]: ...
+    async def open_ids(self) -> list[str]: ...
     async def commit(self, order: Order, *, new: bool = False) -> None: ...
 
 
@@ -81,7 +81,9 @@ class OrderShard:
         self._channels = channels
         self._clock = clock or SystemClock()
         self._notify_url = notify_url
-        self._open: dict[str, Order] = {}
+        # Orders not final yet. None: known open, record not loaded (after a restart the shard
+        # rebuilds which orders are open and their schedule; each record is read when needed).
+        self._open: dict[str, Order | None] = {}
         self._recent: OrderedDict[str, Order] = OrderedDict()
         self._by_key: dict[tuple[str, str], str] = {}
         self._creating: dict[tuple[str, str], asyncio.Future[Order | None]] = {}
@@ -125,17 +127,19 @@ class OrderShard:
         await asyncio.shield(self._started)
 
     async def _rebuild(self) -> None:
-        orders = await self._store.load_open()
+        """Before serving: which orders are open, and a query for each (the charge may or may
+        not have reached the channel), spread over one interval so that 100,000 open orders are
+        not one burst at the channel. Records are read from Redis when a query or a request needs
+        them; idempotency never depends on memory (a key not held here is looked up in Redis)."""
+        ids = await self._store.open_ids()
         now = self._clock.time()
         spread_s = self._s.query_interval_ms / 1000
-        for o in orders:
-            self._remember(o)
-            # Query before anything else: the charge may or may not have reached the channel.
-            # Spread over one interval, so 100,000 open orders are not one burst at the channel.
-            first = max(now, o.created_at + self._s.query_first_delay_ms / 1000)
-            self._schedule(first + random.random() * spread_s, o.order_id, "query")
-        if orders:
-            log.info("shard %d rebuilt %d open orders", self._shard, len(orders),
+        for oid in ids:
+            if oid not in self._open:
+                self._open[oid] = None
+                self._schedule(now + random.random() * spread_s, oid, "query")
+        if ids:
+            log.info("shard %d rebuilt %d open orders", self._shard, len(ids),
                      extra={"shard": self._shard})
 
     async def ping(self) -> dict[str, Any]:
@@ -489,21 +493,28 @@ class OrderShard:
             self._followups -= 1
 
     async def _follow_up_once(self, order_id: str, kind: str) -> None:
-        order = self._open.get(order_id)
-        if order is None or order_id in self._sync_done:
-            if order is not None:  # the sync call is still running: look again later
-                self._schedule(self._clock.time() + self._s.query_interval_ms / 1000,
-                               order_id, kind)
+        if order_id not in self._open:
+            return  # final by now
+        if order_id in self._sync_done:  # the sync call is still running: look again later
+            self._schedule(self._clock.time() + self._s.query_interval_ms / 1000, order_id, kind)
             return
         try:
+            order = self._open[order_id] or await self._load(order_id)
+            if order is None:
+                log.error("order %s is open but has no record; left for reconciliation",
+                          order_id, extra=self._ctx(order_id, ""))
+                self._open.pop(order_id, None)
+                return
+            if order.status.is_final:
+                return
             async with self._channel_slots:
                 if kind == "query":
                     await self._query(order)
                 else:
                     await self._cancel(order)
-        except PaycellError as e:  # Redis down while committing: the order stays open
+        except PaycellError as e:  # Redis down while reading or committing: stays open
             log.warning("order %s follow-up failed: %s", order_id, e.code,
-                        extra=self._ctx(order_id, order.channel))
+                        extra=self._ctx(order_id, ""))
             self._schedule(self._clock.time() + self._s.query_interval_ms / 1000, order_id, kind)
 
     async def _query(self, order: Order) -> None:

@@ -101,15 +101,8 @@ class OrderStore:
                 out[key] = Order.from_record(orjson.loads(raw)) if raw else None
         return out
 
-    async def load_open(self, chunk: int = 1000) -> list[Order]:
-        ids = sorted(m.decode() for m in await self._call(self._r.smembers(self.open_key)))
-        out: list[Order] = []
-        for i in range(0, len(ids), chunk):
-            keys = [self.order_key(x) for x in ids[i:i + chunk]]
-            for raw in await self._call(self._r.mget(keys)):
-                if raw:
-                    out.append(Order.from_record(orjson.loads(raw)))
-        return out
+    async def open_ids(self) -> list[str]:
+        return [m.decode() for m in await self._call(self._r.smembers(self.open_key))]
 
     # ---- writes (group commit) ----
     async def commit(self, order: Order, *, new: bool = False) -> None:

@@ -33,8 +33,8 @@ class MemStore:
             raise Unavailable("store down")
         return {k: await self.find(*k) for k in keys}
 
-    async def load_open(self):
-        return [o for o in self.records.values() if not o.status.is_final]
+    async def open_ids(self):
+        return [o.order_id for o in self.records.values() if not o.status.is_final]
 
     async def commit(self, order, *, new=False):
         await asyncio.sleep(0)
