@@ -8,6 +8,8 @@ the window even across a gateway restart.
 """
 from __future__ import annotations
 
+import asyncio
+
 import hashlib
 import hmac
 import re
@@ -68,18 +70,45 @@ class RedisNonceStore:
     def __init__(self, redis: aioredis.Redis, prefix: str = "pc:nonce") -> None:
         self._redis = redis
         self._prefix = prefix
+        self._queue: list[tuple[str, int, asyncio.Future[bool]]] = []
+        self._flush_due = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def key(self, app_id: str, nonce: str) -> str:
         return f"{self._prefix}:{app_id}:{nonce}"
 
     async def claim(self, app_id: str, nonce: str, ttl_s: int) -> bool:
+        """Claims made in one turn of the event loop share one pipeline (one round trip)."""
         assert ttl_s > 0, ttl_s
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append((self.key(app_id, nonce), ttl_s, fut))
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return await fut
+
+    def _flush(self) -> None:
+        self._flush_due = False
+        batch, self._queue = self._queue, []
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: list[tuple[str, int, asyncio.Future[bool]]]) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for key, ttl_s, _ in batch:
+            pipe.set(key, b"1", nx=True, ex=ttl_s)
         try:
-            created = await self._redis.set(self.key(app_id, nonce), b"1", nx=True, ex=ttl_s)
-        except RedisError as e:
-            raise Unavailable(f"nonce store unreachable: {type(e).__name__}",
-                              retry_after_s=1) from e
-        return bool(created)
+            results = await pipe.execute()
+        except (RedisError, OSError) as e:
+            err = Unavailable(f"nonce store unreachable: {type(e).__name__}", retry_after_s=1)
+            for _, _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(err)
+            return
+        for (_, _, fut), created in zip(batch, results):
+            if not fut.done():
+                fut.set_result(bool(created))
 
 
 class MemoryNonceStore:

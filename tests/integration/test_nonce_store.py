@@ -15,6 +15,7 @@ from redis.backoff import NoBackoff
 from core.errors import Unauthenticated, Unavailable
 from gateway.auth import NONCE_TTL_MARGIN_S, RedisNonceStore, authenticate
 from gateway.client import signed_headers
+from gateway.local import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -128,3 +129,22 @@ async def test_unreachable_redis_is_unavailable() -> None:
         assert err.value.retry_after_s == 1
     finally:
         await dead.aclose()
+
+
+async def test_concurrent_claims_share_a_pipeline_and_stay_once_each(
+        redis: aioredis.Redis) -> None:
+    store = RedisNonceStore(redis)
+    nonces = [f"{i:016d}" for i in range(200)]
+    # every nonce twice, all in one turn of the loop: exactly one of each pair wins
+    results = await asyncio.gather(*(store.claim("app-a", n, 60) for n in nonces + nonces))
+    assert results[:200] == [True] * 200 and results[200:] == [False] * 200
+    assert len(await redis.keys("pc:nonce:app-a:*")) == 200
+
+
+async def test_claims_fail_with_unavailable_when_redis_is_gone(redis_port: int) -> None:
+    dead = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
+    store = RedisNonceStore(dead)
+    results = await asyncio.gather(*(store.claim("app-a", f"{i:016d}", 60) for i in range(3)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, Unavailable) for r in results), results
+    await dead.aclose()
