@@ -28,6 +28,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from actors.board import TaskBoard
+from actors.store import KeyTaken
 from channels.base import (ChargeRequest, ChannelError, ChannelResult, NotSent, Notification,
                            OutcomeUnknown)
 from core.clock import Clock, SystemClock
@@ -305,7 +306,17 @@ class OrderShard:
             now = self._clock.time()
             oid = make_order_id(self._s.region, self._s.set_name, self._shard, int(now * 1000))
             order = replace(Order.new(oid, cmd, now), charge_sent=True)
-            await self._store.commit(order, new=True)   # durable before the channel sees it
+            try:
+                await self._store.commit(order, new=True)  # durable before the channel sees it
+            except KeyTaken:  # an earlier create landed although its reply was lost: replay it
+                stored = await self._store.find(*key)
+                if stored is None:
+                    raise Unavailable("idempotency key in flux; retry", retry_after_s=1) from None
+                self._remember(stored)
+                fut.set_result(stored)
+                self._check_same(stored, cmd)
+                self.counters["replayed"] += 1
+                return stored
             self._remember(order)
             self.counters["created"] += 1
             self._sync_done[oid] = asyncio.Event()

@@ -26,9 +26,25 @@ from core.order import Order
 
 # KEYS: open set, then per write: order key, idempotency key.
 # ARGV: idempotency TTL (s), then per write: flag (n new / p pending / f final), order id, record.
+# A new order whose idempotency key exists (another order has the key) is refused: nothing of the
+# batch is written and the 1-based positions of the refused writes come back, so that one key
+# can never name two orders, whatever a lost reply made the shard believe.
 _COMMIT_LUA = """
 local ttl = tonumber(ARGV[1])
 local n = (#ARGV - 1) / 3
+local taken = {}
+for i = 0, n - 1 do
+  local flag, oid = ARGV[2 + 3 * i], ARGV[3 + 3 * i]
+  if string.sub(flag, 1, 1) == 'n' then
+    local holder = redis.call('GET', KEYS[3 + 2 * i])
+    if holder and holder ~= oid then
+      table.insert(taken, i + 1)
+    end
+  end
+end
+if #taken > 0 then
+  return taken
+end
 for i = 0, n - 1 do
   local flag, oid, rec = ARGV[2 + 3 * i], ARGV[3 + 3 * i], ARGV[4 + 3 * i]
   redis.call('SET', KEYS[2 + 2 * i], rec)
@@ -41,8 +57,12 @@ for i = 0, n - 1 do
     redis.call('SADD', KEYS[1], oid)
   end
 end
-return n
+return {}
 """
+
+
+class KeyTaken(Exception):
+    """A new order's idempotency key already names another order (nothing was written)."""
 
 
 @dataclass(slots=True)
@@ -117,17 +137,26 @@ class OrderStore:
         while self._queue:
             batch, self._queue = self._queue[:self._batch_max], self._queue[self._batch_max:]
             try:
-                await self._write(batch)
+                taken = await self._write(batch)
             except (RedisError, OSError, asyncio.TimeoutError) as e:
                 for w in batch:
                     if not w.done.done():
                         w.done.set_exception(Unavailable(f"order store unavailable: {type(e).__name__}"))
                 continue
+            if taken:  # refuse those, and write the rest again in the next round
+                for i, w in enumerate(batch):
+                    if i in taken:
+                        w.done.set_exception(KeyTaken(w.order.out_trade_no))
+                    else:
+                        self._queue.append(w)
+                continue
             for w in batch:
                 if not w.done.done():
                     w.done.set_result(None)
 
-    async def _write(self, batch: list[_Write]) -> None:
+    async def _write(self, batch: list[_Write]) -> set[int]:
+        """One atomic script call; the 0-based positions of refused new orders (then nothing
+        was written)."""
         keys = [self.open_key]
         args: list[Any] = [self._ttl]
         for w in batch:
@@ -135,9 +164,12 @@ class OrderStore:
             keys += [self.order_key(o.order_id), self.idem_key(o.app_id, o.out_trade_no)]
             flag = ("n" if w.new else "") + ("f" if o.status.is_final else "p")
             args += [flag, o.order_id, orjson.dumps(o.to_record())]
-        await self._commit_script(keys=keys, args=args)
+        taken = await self._commit_script(keys=keys, args=args)
+        if taken:
+            return {int(i) - 1 for i in taken}
         self.pipelines += 1
         self.writes += len(batch)
+        return set()
 
     async def _call(self, aw: Any) -> Any:
         try:

@@ -6,6 +6,7 @@ import pytest
 
 from actors.charges import ChargeBoard, untag
 from actors.shard import OrderShard
+from actors.store import KeyTaken
 from channels.base import ChannelResult, NotSent, Notification, OutcomeUnknown
 from core.errors import Unavailable
 from core.order import CreateOrder, Order
@@ -40,6 +41,9 @@ class MemStore:
         await asyncio.sleep(0)
         if self.down:
             raise Unavailable("store down")
+        holder = self.idem.get((order.app_id, order.out_trade_no))
+        if new and holder is not None and holder != order.order_id:
+            raise KeyTaken(order.out_trade_no)
         self.commits += 1
         self.records[order.order_id] = order
         if new:
@@ -286,3 +290,21 @@ async def test_a_lost_charge_answer_is_resolved_by_query():
     assert r["http"] == 202
     o = await wait_for_status(sh, r["order"]["order_id"], "SUCCEEDED")
     assert o["resolved_by"] == "query" and len(ch.charges) == 1
+
+
+async def test_a_create_whose_commit_landed_unseen_is_replayed_not_duplicated():
+    store = MemStore()
+    ch = ScriptedChannel()
+    sh = shard(store, ch)
+    [first] = await sh.submit([cmd()])
+    # A second shard incarnation that does not know the key (its memory and its batch lookup
+    # both miss it) tries to create it again: the store refuses, the shard replays.
+    sh2 = shard(store, ch)
+    await sh2.ping()
+
+    async def blind_find_many(keys):
+        return {k: None for k in keys}
+    store.find_many = blind_find_many
+    [again] = await sh2.submit([cmd()])
+    assert again["order"]["order_id"] == first["order"]["order_id"]
+    assert len(ch.charges) == 1 and len(store.records) == 1
