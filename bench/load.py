@@ -29,6 +29,7 @@ class Load:
     non_2xx: int
     errors: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    send_lag_p99_ms: float = float("nan")   # open loop: how far behind schedule sends went
 
 
 async def _open_loop(url: str, rate: float, seconds: float,
@@ -96,7 +97,7 @@ def _open_load(st: dict[str, int], lat: list[float], lag: list[float], wall: flo
                      "in flight)")
     return Load("python asyncio (open loop; wrk has no constant-rate mode)", wall, sent, st["ok"],
                 st["succeeded"], st["pending"], pct, st["non_2xx"], {"client": st["errors"]},
-                notes)
+                notes, procs.percentile(lag, 99) * 1e3)
 
 
 def run_open(url: str, rate: float, seconds: float,

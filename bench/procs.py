@@ -29,7 +29,8 @@ GROUPS = (GATEWAY, SHARD_ACTORS, CHANNEL_ACTORS, OTHER_ACTORS, RAY_SYSTEM, REDIS
 # Ray worker titles are "ray::<ActorClass>" or "ray::<ActorClass>.<method>" while a call runs.
 _SHARD_CLASSES = frozenset({"LiveOrderShard"})
 _CHANNEL_CLASSES = frozenset({"ChannelHost"})
-_RAY_SYSTEM_TITLES = frozenset({"IDLE", "DashboardAgent", "RuntimeEnvAgent"})
+_GATEWAY_CLASSES = frozenset({"ProxyActor"})          # Ray Serve's HTTP proxy (bench.suite)
+_RAY_SYSTEM_TITLES = frozenset({"IDLE", "DashboardAgent", "RuntimeEnvAgent", "ServeController"})
 _RAY_SYSTEM_NAMES = frozenset({"gcs_server", "raylet", "plasma_store", "ray"})
 _RAY_SYSTEM_PATHS = ("/ray/dashboard/", "/ray/autoscaler/", "/ray/_private/", "/ray/core/")
 
@@ -48,6 +49,8 @@ def _ray_worker_group(title: str) -> str:
         return SHARD_ACTORS
     if actor in _CHANNEL_CLASSES:
         return CHANNEL_ACTORS
+    if actor in _GATEWAY_CLASSES:
+        return GATEWAY
     if actor in _RAY_SYSTEM_TITLES:
         return RAY_SYSTEM
     return OTHER_ACTORS
@@ -116,15 +119,18 @@ class Sample:
 Snapshot = dict[int, Sample]
 
 
-def snapshot(launcher_pid: int, loadgen_pids: Sequence[int] = ()) -> Snapshot:
-    """CPU of the launcher's whole tree and of the load generator processes, grouped."""
+def snapshot(launcher_pid: int, loadgen_pids: Sequence[int] = (),
+             extra_roots: Sequence[int] = ()) -> Snapshot:
+    """CPU of the launcher's whole tree, of ``extra_roots`` and their trees (grouped by name:
+    a Redis or a sandbox started beside the launcher) and of the load generator processes."""
     import psutil
     procs: list[psutil.Process] = []
-    try:
-        root = psutil.Process(launcher_pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        pass
+    for root_pid in (launcher_pid, *extra_roots):
+        try:
+            root = psutil.Process(root_pid)
+            procs += [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
     for pid in loadgen_pids:
         try:
             procs.append(psutil.Process(pid))

@@ -1,6 +1,7 @@
 """Benchmark the whole local stack with paid orders.
 
   python -m bench.run [--closed C | --rate R] [--duration S] [--warmup S] [--out DIR]
+  python -m bench.run --suite [--quick] ...     (= python -m bench.suite: paycell vs baselines)
 
 Starts its own ``paycell up`` on free loopback ports with a temporary data dir, waits for /readyz,
 warms up, measures, and always stops the stack (SIGINT to the launcher's PID). Requests are signed
@@ -140,11 +141,12 @@ def write_pool(pool: list[tuple[dict[str, str], bytes]], path: Path) -> None:
 # ---- closed loop: wrk ------------------------------------------------------------------------
 
 def run_wrk(url: str, conns: int, threads: int, seconds: float,
-            pool_file: Path) -> tuple[Load, float]:
-    """One wrk phase over a written pool; (its figures, its CPU seconds from the kernel)."""
+            pool_file: Path, cycle: bool = False) -> tuple[Load, float]:
+    """One wrk phase over a written pool; (its figures, its CPU seconds from the kernel).
+    ``cycle`` replays the pool round and round (only for a target that checks no nonce)."""
     argv = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{max(1, round(seconds))}s",
             "--timeout", f"{REQUEST_TIMEOUT_S:.0f}s", "-s", str(LUA), url, "--",
-            str(pool_file), str(threads)]
+            str(pool_file), str(threads), *(["cycle"] if cycle else [])]
     cpu0 = _children_cpu_s()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -231,7 +233,8 @@ def report(m: dict[str, Any]) -> dict[str, Any]:
             "cpu_s": m["cpu_s"], "cpu_us_per_order": procs.us_per_order(m["cpu_s"], load.ok),
             "cores_busy": {g: s / window for g, s in m["cpu_s"].items()},
             "idle_cores": m["idle"], "vanished_processes": m["vanished"],
-            "machine": m["machine"], "notes": load.notes}
+            "machine": m["machine"], "notes": load.notes,
+            "send_lag_p99_ms": load.send_lag_p99_ms}
 
 
 def print_report(fig: dict[str, Any]) -> None:
@@ -336,6 +339,10 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "--suite" in argv:       # the comparison suite (bench/suite.py) takes the other options
+        from bench import suite
+        return suite.main([a for a in argv if a != "--suite"])
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)   # `kill PID` stops the stack like Ctrl-C does
     work = Path(tempfile.mkdtemp(prefix="paycell-bench-"))
