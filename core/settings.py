@@ -53,6 +53,7 @@ class GatewaySettings:
     shard_reply_wait_ms: int = 50       # a batch answers what is ready by then; the rest later
     shard_queue_max_orders: int = 4096  # queued orders per shard before 503
     shard_call_timeout_ms: int = 15_000  # a shard call slower than this answers 503 (order is safe)
+    final_orders_cached_max: int = 100_000  # final orders remembered to ack duplicate notifications
 
     def base_url(self) -> str:
         return self.public_base_url or f"http://{self.host}:{self.port}"

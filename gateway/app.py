@@ -13,6 +13,7 @@ from core.clock import Clock, SystemClock
 from core.settings import Settings
 from gateway import keys
 from gateway.batcher import ShardBatcher
+from gateway.finals import FinalOrders
 from gateway.metrics import GatewayMetrics
 from gateway.middlewares import request_context
 from gateway.routes import add_routes
@@ -46,6 +47,7 @@ def create_app(settings: Settings, *, shards: Any = None, nonces: Any = None, re
     app[keys.SETTINGS] = settings
     app[keys.CLOCK] = clock or SystemClock()
     app[keys.METRICS] = GatewayMetrics()
+    app[keys.FINALS] = FinalOrders(settings.gateway.final_orders_cached_max)
     app[keys.NOTIFIERS] = {
         ch: build_connector(ch, settings, notify_url=_notify_url(settings, ch))
         for ch in (["alipay"] if settings.alipay.enabled else [])

@@ -12,6 +12,7 @@ from core.order import CreateOrder
 from core.settings import Settings
 from gateway.auth import NonceStore
 from gateway.batcher import ShardBatcher
+from gateway.finals import FinalOrders
 from gateway.metrics import GatewayMetrics
 
 
@@ -37,3 +38,4 @@ NONCES = web.AppKey("nonces", NonceStore)
 REDIS = web.AppKey("redis", aioredis.Redis)
 NOTIFIERS = web.AppKey("notifiers", dict[str, Connector])
 METRICS = web.AppKey("metrics", GatewayMetrics)
+FINALS = web.AppKey("finals", FinalOrders)

@@ -38,6 +38,7 @@ def _order_reply(request: web.Request, reply: dict[str, Any]) -> web.Response:
         raise error_for_code(reply["error"], reply.get("detail", ""), reply.get("retry_after_s"))
     order = reply["order"]
     request.app[keys.METRICS].orders.labels(order["status"]).inc()
+    request.app[keys.FINALS].remember(order)
     return _json(order, reply["http"])
 
 
@@ -100,6 +101,10 @@ async def channel_notify(request: web.Request) -> web.Response:
         log.warning("rejected %s notification: %s", channel, e)
         metrics.labels(channel, "rejected").inc()
         ack = connector.ack(False)
+        return web.Response(status=ack.status, body=ack.body, content_type=ack.content_type)
+    if request.app[keys.FINALS].repeats_known_final(note):  # a duplicate of a final fact
+        metrics.labels(channel, "duplicate").inc()
+        ack = connector.ack(True)
         return web.Response(status=ack.status, body=ack.body, content_type=ack.content_type)
     accepted = False
     try:

@@ -1,4 +1,5 @@
 """Channel notifications through the gateway: forged or altered ones change nothing."""
+import asyncio
 import secrets
 from datetime import datetime, timedelta, timezone
 from urllib.parse import urlencode
@@ -71,3 +72,27 @@ async def test_notification_with_a_wrong_amount_is_refused(stack):
         assert await post_notify(stack["url"], form) == (400, "fail")
         _, still = await c.get_order(o["order_id"])
     assert still["status"] == "PENDING"
+
+
+async def test_the_channels_repeat_of_a_paid_order_is_acked_by_the_gateway_alone(stack):
+    async def duplicates() -> float:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(stack["url"] + "/metrics") as r:
+                text = await r.text()
+        for line in text.splitlines():
+            if line.startswith('paycell_gateway_notifications_total{channel="alipay",'
+                               'result="duplicate"}'):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = await duplicates()
+    async with client(stack) as c:
+        s, o = await c.create_order(body())
+    assert s == 200 and o["status"] == "SUCCEEDED"
+    for _ in range(60):  # the sandbox notifies after its delay; the gateway acks it itself
+        trade = (await stack["sandbox"].ledger())["trades"][o["order_id"]]
+        if trade["notifies_acked"] >= 1:
+            break
+        await asyncio.sleep(0.1)
+    assert trade["notifies_acked"] >= 1
+    assert await duplicates() >= before + 1
