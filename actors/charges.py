@@ -1,11 +1,9 @@
-"""Charges in flight in a channel actor: started in batches, answered within a wait, the rest
-collected later by a long poll.
+"""Charges in flight: started in batches, answered within a wait, the rest collected later.
 
-One actor call per batch instead of one per order (a Ray call costs ~0.7 ms of CPU; a batched one
-~25 us per order), without letting a hung charge hold up the others: `charge_many` returns each
-answer that arrived within `wait_s` and None for the ones still running; `collect` returns the
-late ones as they finish. An answer lost with its actor (a restart) comes back as "unknown", so
-the shard resolves the order by query: never by charging again.
+`charge_many` returns each answer that arrived within `wait_s` and None for the ones still
+running; `collect` returns the late ones as they finish, so a hung charge holds up no other.
+An answer that is lost (its process restarted) comes back as "unknown", so the shard resolves
+the order by query: never by charging again.
 
 Answers travel as tagged tuples so a caller can tell what the connector said from a failed call:
   ("ok", ChannelResult) | ("not_sent", detail) | ("unknown", detail)
@@ -42,15 +40,15 @@ def untag(t: Tagged) -> ChannelResult | ChannelError:
 
 
 class ChargeBoard:
-    """The charges in flight in one channel actor, keyed by order id (never two per order)."""
+    """The charges in flight for one channel, keyed by order id (never two per order)."""
 
     def __init__(self, charge: Callable[[ChargeRequest], Awaitable[ChannelResult]],
                  inflight_max: int) -> None:
         self._charge = charge
         self._board: TaskBoard[str, Tagged] = TaskBoard(
             inflight_max=inflight_max, keep_s=KEEP_ANSWERS_S,
-            refused=lambda _k: ("not_sent", "channel actor at its in-flight bound"),
-            lost=lambda _k: ("unknown", "not in flight here (channel actor restarted?)"),
+            refused=lambda _k: ("not_sent", "channel at its in-flight bound"),
+            lost=lambda _k: ("unknown", "not in flight here (process restarted?)"),
             crashed=lambda _k, e: ("unknown", f"charge crashed: {type(e).__name__}"))
 
     def __len__(self) -> int:

@@ -1,8 +1,8 @@
-"""Client facades over Ray actor handles: cache handles, re-resolve after an actor error, and
-turn Ray's errors into paycell's (the model is ray.util.queue.Queue's wrapper).
+"""The client facade over shard actor handles: caches handles, re-resolves after an actor error,
+and turns Ray's errors into paycell's (the model is ray.util.queue.Queue's wrapper).
 
-Ray never retries a call that moves money (max_task_retries=0); a failed charge call is an
-unknown outcome, resolved by query, never by sending the charge again.
+Ray never retries a call to a shard (max_task_retries=0): a failed call answers 503, and the
+client retries with the same out_trade_no, which the shard makes idempotent.
 """
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
-from actors.names import channel_actor_name, shard_actor_name
-from actors.charges import untag
-from channels.base import (ChargeRequest, ChannelError, ChannelResult, NotSent, Notification,
-                           OutcomeUnknown)
+from actors.names import shard_actor_name
+from channels.base import Notification
 from core.errors import Unavailable
 from core.order import CreateOrder
 from core.settings import Settings
@@ -85,49 +83,3 @@ class ShardClient:
 
     async def ping(self, shard: int) -> dict[str, Any]:
         return await self._call(shard, "ping")
-
-
-class RayChannelPort:
-    """What a shard uses to reach channel actors (implements actors.shard.ChannelPort)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._set = settings.orders.set_name
-        # A bound above the connector's own HTTP timeout: past it the call's fate is unknown.
-        self._margin_s = 2 * settings.alipay.call_timeout_ms / 1000 + 1
-        self._handles = _Handles(settings.ray.namespace)
-
-    async def _call(self, channel: str, method: str, timeout_s: float, *args: Any) -> Any:
-        name = channel_actor_name(self._set, channel)
-        try:
-            handle = self._handles.get(name)
-        except ValueError:
-            raise NotSent(f"channel actor {channel} does not exist") from None
-        try:
-            return await asyncio.wait_for(getattr(handle, method).remote(*args), timeout_s)
-        except asyncio.TimeoutError:
-            raise OutcomeUnknown(f"channel actor {channel} timed out") from None
-        except _RAY_FAILURES as e:
-            self._handles.forget(name)
-            raise OutcomeUnknown(f"channel actor {channel}: {type(e).__name__}") from None
-
-    async def charge_many(self, channel: str, reqs: list[ChargeRequest], wait_s: float
-                          ) -> list[ChannelResult | ChannelError | None]:
-        answers = await self._call(channel, "charge_many", wait_s + self._margin_s, reqs, wait_s)
-        return [None if a is None else untag(a) for a in answers]
-
-    async def collect(self, channel: str, order_ids: list[str], wait_s: float
-                      ) -> dict[str, ChannelResult | ChannelError]:
-        answers = await self._call(channel, "collect", wait_s + self._margin_s, order_ids, wait_s)
-        return {oid: untag(a) for oid, a in answers.items()}
-
-    async def _single(self, channel: str, method: str, *args: Any) -> ChannelResult:
-        result = untag(await self._call(channel, method, self._margin_s, *args))
-        if isinstance(result, ChannelError):
-            raise result
-        return result
-
-    async def query(self, channel: str, order_id: str, currency: str) -> ChannelResult:
-        return await self._single(channel, "query", order_id, currency)
-
-    async def cancel(self, channel: str, order_id: str) -> ChannelResult:
-        return await self._single(channel, "cancel", order_id)

@@ -6,9 +6,8 @@ from typing import Any
 import ray
 import redis.asyncio as aioredis
 
-from actors.channel import ChannelHost
-from actors.client import RayChannelPort
-from actors.names import channel_actor_name, shard_actor_name
+from actors.names import shard_actor_name
+from actors.local_channels import LocalChannelPort
 from actors.shard import OrderShard
 from actors.store import OrderStore
 from core.logs import configure as configure_logs
@@ -38,7 +37,9 @@ class LiveOrderShard(OrderShard):
         store = OrderStore(redis_client(settings), settings.orders.set_name, shard,
                            idempotency_ttl_s=settings.orders.idempotency_ttl_s,
                            commit_batch_max=settings.orders.commit_batch_max)
-        super().__init__(settings, shard, store=store, channels=RayChannelPort(settings),
+        channels = LocalChannelPort(settings, {ch: notify_url(settings, ch)
+                                               for ch in enabled_channels(settings)})
+        super().__init__(settings, shard, store=store, channels=channels,
                          notify_url=notify_url(settings, "alipay"))
 
 
@@ -47,30 +48,23 @@ def enabled_channels(settings: Settings) -> list[str]:
 
 
 def deploy(settings: Settings, timeout_s: float = 60) -> dict[str, Any]:
-    """Create (or find) the channel and shard actors of this SET and wait until they answer.
+    """Create (or find) the shard actors of this SET and wait until they answer.
 
     Sync, for drivers and launchers only (never call it from async code on the hot path).
     """
     ns, set_name = settings.ray.namespace, settings.orders.set_name
-    channel_cls: Any = ray.remote(ChannelHost)
     shard_cls: Any = ray.remote(LiveOrderShard)
-    channels = [channel_cls.options(name=channel_actor_name(set_name, ch), namespace=ns, **_COMMON)
-                .remote(settings, ch, notify_url(settings, ch))
-                for ch in enabled_channels(settings)]
     shards = [shard_cls.options(name=shard_actor_name(set_name, i), namespace=ns, **_COMMON)
               .remote(settings, i)
               for i in range(settings.orders.shard_count)]
-    pings = ray.get([a.ping.remote() for a in channels + shards], timeout=timeout_s)
-    return {"channels": pings[:len(channels)], "shards": pings[len(channels):]}
+    return {"shards": ray.get([a.ping.remote() for a in shards], timeout=timeout_s)}
 
 
 def teardown(settings: Settings) -> None:
-    """Kill this SET's detached actors (tests and `paycell down`); state stays in Redis."""
+    """Kill this SET's detached actors (tests and operators); state stays in Redis."""
     ns, set_name = settings.ray.namespace, settings.orders.set_name
-    names = [channel_actor_name(set_name, ch) for ch in enabled_channels(settings)]
-    names += [shard_actor_name(set_name, i) for i in range(settings.orders.shard_count)]
-    for name in names:
+    for i in range(settings.orders.shard_count):
         try:
-            ray.kill(ray.get_actor(name, namespace=ns), no_restart=True)
-        except ValueError:
+            ray.kill(ray.get_actor(shard_actor_name(set_name, i), namespace=ns), no_restart=True)
+        except ValueError:  # not there: nothing to kill
             pass

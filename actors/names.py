@@ -4,7 +4,3 @@ from __future__ import annotations
 
 def shard_actor_name(set_name: str, shard: int) -> str:
     return f"paycell.{set_name}.shard.{shard}"
-
-
-def channel_actor_name(set_name: str, channel: str) -> str:
-    return f"paycell.{set_name}.channel.{channel}"

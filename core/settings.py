@@ -93,7 +93,7 @@ class OrderSettings:
     cancel_attempts_max: int = 5       # then the order waits for batch reconciliation
     scheduler_tick_ms: int = 50
     channel_calls_inflight_max: int = 256  # per shard: bound on concurrent query/cancel calls
-    channel_actor_charges_inflight_max: int = 4096  # per channel actor; past it: not sent
+    channel_charges_inflight_max: int = 4096  # per shard and channel; past it: not sent
     open_orders_max: int = 200_000     # per shard: at the bound new orders get 503
     commit_batch_max: int = 512        # writes in one Redis pipeline
     idempotency_ttl_s: int = 30 * 86400

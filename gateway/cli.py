@@ -72,8 +72,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         start_ray(settings)
         from actors.factory import deploy
         info = deploy(settings)
-        print(f"ray: {len(info['shards'])} shard actors, {len(info['channels'])} channel actors",
-              flush=True)
+        print(f"ray: {len(info['shards'])} shard actors", flush=True)
         import uvloop
         uvloop.run(_serve(settings))
         return 0
