@@ -41,17 +41,12 @@ from core.states import Fact, Outcome, Rung
 log = logging.getLogger("paycell.shard")
 
 RECENT_FINAL_MAX = 20_000  # final orders kept in memory for fast idempotent replays
-COLLECT_WAIT_S = 1.0       # long poll for charges still running past the sync wait
 REPLY_KEEP_S = 60.0        # a reply nobody collected (its gateway died) is dropped after this
 
 
 class ChannelPort(Protocol):
-    """Channel calls as the shard sees them. Charges go in batches: `charge_many` answers what
-    finished within `wait_s` (None for a charge still running), `collect` the late ones."""
-    async def charge_many(self, channel: str, reqs: list[ChargeRequest], wait_s: float
-                          ) -> list[ChannelResult | ChannelError | None]: ...
-    async def collect(self, channel: str, order_ids: list[str], wait_s: float
-                      ) -> dict[str, ChannelResult | ChannelError]: ...
+    """Channel calls as the shard sees them (actors.local_channels.LocalChannelPort)."""
+    async def charge(self, channel: str, req: ChargeRequest) -> ChannelResult: ...
     async def query(self, channel: str, order_id: str, currency: str) -> ChannelResult: ...
     async def cancel(self, channel: str, order_id: str) -> ChannelResult: ...
 
@@ -97,9 +92,6 @@ class OrderShard:
         self._ticker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._followups = 0
-        self._to_charge: list[tuple[Order, CreateOrder]] = []
-        self._charge_flush_due = False
-        self._awaiting: dict[str, set[str]] = {}   # channel -> orders whose charge runs late
         self._local_tickets = itertools.count()
         self._replies: TaskBoard[str, dict[str, Any]] = TaskBoard(
             inflight_max=self._s.open_orders_max, keep_s=REPLY_KEEP_S,
@@ -108,7 +100,6 @@ class OrderShard:
                 "the reply was lost with a shard restart; retry with the same out_trade_no",
                 retry_after_s=1)),
             crashed=self._crashed_reply)
-        self._collectors: dict[str, asyncio.Task[None]] = {}
         self.counters = {"submit_calls": 0, "submitted": 0, "notify_calls": 0, "created": 0, "replayed": 0, "conflicts": 0, "late_sync": 0,
                          "queries": 0, "cancels": 0, "notifies": 0, "fact_conflicts": 0}
 
@@ -248,7 +239,11 @@ class OrderShard:
                           known: dict[tuple[str, str], Order | None]) -> dict[str, Any]:
         try:
             order = await self._create_or_replay(cmd, known)
-            deadline = order.created_at + self._s.sync_deadline_ms / 1000
+            # The client's deadline runs from when the gateway received the request (bounded by
+            # our own clock, in case the gateway's is ahead).
+            budget_s = self._s.sync_deadline_ms / 1000
+            deadline = min((cmd.received_at or order.created_at) + budget_s,
+                           self._clock.time() + budget_s)
             done = self._sync_done.get(order.order_id)
             if done is not None:
                 remaining = deadline - self._clock.time()
@@ -321,7 +316,7 @@ class OrderShard:
             self.counters["created"] += 1
             self._sync_done[oid] = asyncio.Event()
             fut.set_result(order)
-            self._queue_charge(order, cmd)
+            self._spawn(self._charge(order, cmd))
             return order
         except BaseException:
             if not fut.done():
@@ -330,49 +325,22 @@ class OrderShard:
         finally:
             self._creating.pop(key, None)
 
-    def _queue_charge(self, order: Order, cmd: CreateOrder) -> None:
-        """Charges created in one turn of the loop leave together: one actor call per channel."""
-        self._to_charge.append((order, cmd))
-        if not self._charge_flush_due:
-            self._charge_flush_due = True
-            asyncio.get_running_loop().call_soon(self._flush_charges)
-
-    def _flush_charges(self) -> None:
-        self._charge_flush_due = False
-        items, self._to_charge = self._to_charge, []
-        by_channel: dict[str, list[tuple[Order, CreateOrder]]] = {}
-        for order, cmd in items:
-            by_channel.setdefault(order.channel, []).append((order, cmd))
-        for channel, group in by_channel.items():
-            self._spawn(self._charge_batch(channel, group))
-
-    async def _charge_batch(self, channel: str, items: list[tuple[Order, CreateOrder]]) -> None:
-        reqs = [ChargeRequest(order_id=o.order_id, amount=o.amount, currency=o.currency,
-                              subject=o.subject, payment_type=o.payment_type,
-                              auth_code=cmd.auth_code, notify_url=self._notify_url)
-                for o, cmd in items]
-        deadline = min(o.created_at for o, _ in items) + self._s.sync_deadline_ms / 1000
-        results: list[ChannelResult | ChannelError | None]
+    async def _charge(self, order: Order, cmd: CreateOrder) -> None:
+        """The one charge of this order; its answer is applied as soon as it comes (a slow
+        charge holds up no other order), and the client's reply waits for it up to the sync
+        deadline."""
+        req = ChargeRequest(order_id=order.order_id, amount=order.amount, currency=order.currency,
+                            subject=order.subject, payment_type=order.payment_type,
+                            auth_code=cmd.auth_code, notify_url=self._notify_url)
+        res: ChannelResult | ChannelError
         try:
-            results = await self._channels.charge_many(
-                channel, reqs, max(0.0, deadline - self._clock.time()))
-        except NotSent as e:
-            results = [e] * len(items)
-        except (OutcomeUnknown, PaycellError) as e:  # the call itself failed: fate unknown
-            results = [OutcomeUnknown(str(e))] * len(items)
-        await asyncio.gather(*(self._on_charge_answer(o, res)
-                               for (o, _), res in zip(items, results)))
+            res = await self._channels.charge(order.channel, req)
+        except ChannelError as e:
+            res = e
+        await self._on_charge_answer(order, res)
 
-    async def _on_charge_answer(self, order: Order,
-                                res: ChannelResult | ChannelError | None) -> None:
+    async def _on_charge_answer(self, order: Order, res: ChannelResult | ChannelError) -> None:
         oid = order.order_id
-        if res is None:  # still running at the channel: collect it later
-            self._awaiting.setdefault(order.channel, set()).add(oid)
-            collector = self._collectors.get(order.channel)
-            if collector is None or collector.done():
-                self._collectors[order.channel] = asyncio.get_running_loop().create_task(
-                    self._collect_loop(order.channel))
-            return
         try:
             if isinstance(res, NotSent):
                 await self._learn(oid, Fact.DECLINED, Rung.SYNC, failure_code="channel_unavailable",
@@ -393,22 +361,6 @@ class OrderShard:
             ev = self._sync_done.pop(oid, None)
             if ev is not None:
                 ev.set()
-
-    async def _collect_loop(self, channel: str) -> None:
-        waiting = self._awaiting.get(channel, set())
-        while waiting:
-            ids = sorted(waiting)
-            try:
-                got = await self._channels.collect(channel, ids, COLLECT_WAIT_S)
-            except (ChannelError, PaycellError) as e:  # the actor is gone: what it held is unknown
-                got = {oid: OutcomeUnknown(str(e)) for oid in ids}
-            answers = []
-            for oid, res in got.items():
-                waiting.discard(oid)
-                order = self._cached(oid)
-                if order is not None:
-                    answers.append(self._on_charge_answer(order, res))
-            await asyncio.gather(*answers)
 
     def _schedule_query(self, order_id: str) -> None:
         self._schedule(self._clock.time() + self._s.query_first_delay_ms / 1000, order_id, "query")
@@ -445,6 +397,9 @@ class OrderShard:
                 self._remember(new)
             if new.status.is_final:
                 self._locks.pop(order_id, None)
+                waiting = self._sync_done.get(order_id)
+                if waiting is not None:  # final by another rung: answer the client now
+                    waiting.set()
             return new
 
     async def notify_many(self, notes: list[Notification]) -> list[bool]:

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,9 +56,11 @@ class Stack:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        self.sandbox_port = free_port()
         env = dict(os.environ, PAYCELL_DATA_DIR=str(self.work / "data"),
                    PAYCELL_GATEWAY__HOST="127.0.0.1", PAYCELL_GATEWAY__PORT=str(self.port),
-                   PAYCELL_REDIS__PORT=str(free_port()), PAYCELL_SANDBOX__PORT=str(free_port()),
+                   PAYCELL_REDIS__PORT=str(free_port()),
+                   PAYCELL_SANDBOX__PORT=str(self.sandbox_port),
                    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
         script = Path(sys.executable).with_name("paycell")
         argv = [str(script), "up"] if script.exists() else [sys.executable, "-m", "gateway.cli",
@@ -74,6 +77,15 @@ class Stack:
                 return
             time.sleep(0.25)
         raise RuntimeError(f"paycell up not ready after {READY_TIMEOUT_S:.0f} s:\n{self.tail()}")
+
+    def set_knobs(self, knobs: dict[str, Any]) -> None:
+        """Fault knobs of the stack's sandbox (POST /_sandbox/knobs)."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.sandbox_port}/_sandbox/knobs",
+                                     data=orjson.dumps(knobs), method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310 (loopback only)
+            if r.status != 200:
+                raise RuntimeError(f"sandbox refused knobs {knobs}: {r.status}")
 
     @property
     def pid(self) -> int:
@@ -316,7 +328,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-rate", type=float, default=5000.0,
                    help="closed loop: orders/s to pre-sign for (default 5000)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results dir (default bench/results)")
+    p.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
+                   help="a sandbox fault knob, e.g. hang_rate=0.3 hang_ms=3000 (repeatable)")
     args = p.parse_args(argv)
+    try:
+        args.knobs = {k: orjson.loads(v) for k, v in (kv.split("=", 1) for kv in args.knob)}
+    except (ValueError, orjson.JSONDecodeError):
+        p.error("--knob takes NAME=VALUE with a JSON value, e.g. hang_rate=0.3")
     if not args.rate and not args.closed:
         args.closed = 32
     need = (args.rate or args.max_rate) * max(args.duration, args.warmup) * POOL_SLACK
@@ -351,7 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"bench: starting paycell up on {stack.url} (data {work}) ...", flush=True)
         stack.start()
+        if args.knobs:
+            stack.set_knobs(args.knobs)
+            print(f"bench: sandbox knobs {args.knobs}", flush=True)
         fig = report(measure(args, stack, work))
+        fig["sandbox_knobs"] = args.knobs
         print_report(fig)
         print(f"\nresults    {save(fig, args, started, args.out)}")
         return 2 if fig["invalid"] else 0

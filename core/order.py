@@ -23,6 +23,7 @@ class CreateOrder:
     payment_type: str
     auth_code: str = field(default="", repr=False)  # payer's one-time code: never stored or logged
     notify_url: str = ""
+    received_at: float = 0.0  # Unix s when the gateway got the request: the sync deadline's start
 
     def fingerprint(self) -> str:
         """Hash of the business fields that make two requests 'the same body'.

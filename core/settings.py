@@ -107,7 +107,7 @@ class AlipaySettings:
     app_private_key_path: str = str(KEYS_DIR / "alipay_app_private.pem")
     alipay_public_key_path: str = str(KEYS_DIR / "alipay_platform_public.pem")
     call_timeout_ms: int = 5000        # one HTTP call to the channel
-    connections_max: int = 64
+    connections_max: int = 1024        # per shard: slow calls hold connections; size for them
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -43,6 +44,7 @@ def _order_reply(request: web.Request, reply: dict[str, Any]) -> web.Response:
 
 
 async def create_order(request: web.Request) -> web.Response:
+    received_at = request.app[keys.CLOCK].time()
     if request.content_type != "application/json":
         raise UnsupportedMediaType("Content-Type must be application/json")
     body = await request.read()
@@ -51,7 +53,7 @@ async def create_order(request: web.Request) -> web.Response:
     channels: list[str] = sorted(request.app[keys.NOTIFIERS].keys())
     if not channels:
         raise Unavailable("no payment channel is enabled")
-    cmd = parse_create_order(app_id, body, channels, channels[0])
+    cmd = replace(parse_create_order(app_id, body, channels, channels[0]), received_at=received_at)
     shard = shard_for_key(app_id, cmd.out_trade_no, settings.orders.shard_count)
     reply = await request.app[keys.BATCHER].submit(shard, cmd)
     return _order_reply(request, reply)

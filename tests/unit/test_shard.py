@@ -4,7 +4,6 @@ import dataclasses
 
 import pytest
 
-from actors.charges import ChargeBoard, untag
 from actors.shard import OrderShard
 from actors.store import KeyTaken
 from channels.base import ChannelResult, NotSent, Notification, OutcomeUnknown
@@ -51,12 +50,9 @@ class MemStore:
 
 
 class ScriptedChannel:
-    """Scripted charge/query/cancel answers; counts every call. Charges go through the same
-    ChargeBoard the channel actor uses (batches, answers within a wait, late ones collected)."""
+    """Scripted charge/query/cancel answers; counts every call."""
 
     def __init__(self, charge_delay_s=0.0):
-        self.board = ChargeBoard(self._charge, 1000)
-        self.batches = 0
         self.charges: list[str] = []
         self.queries: list[str] = []
         self.cancels: list[str] = []
@@ -64,16 +60,9 @@ class ScriptedChannel:
         self.query_fact = Fact.PAID
         self.charge_behaviour = "paid"
 
-    async def charge_many(self, channel, reqs, wait_s):
-        self.batches += 1
-        return [None if a is None else untag(a) for a in await self.board.charge_many(reqs, wait_s)]
-
-    async def collect(self, channel, order_ids, wait_s):
-        return {k: untag(v) for k, v in (await self.board.collect(order_ids, wait_s)).items()}
-
-    async def _charge(self, req):
+    async def charge(self, channel, req):
         self.charges.append(req.order_id)
-        await asyncio.sleep(self.charge_delay_s)
+        await asyncio.sleep(1.0 if req.amount % 100 == 99 else self.charge_delay_s)
         b = self.charge_behaviour
         if b == "paid":
             return ChannelResult(Fact.PAID, channel_trade_no="T-" + req.order_id[-6:],
@@ -260,36 +249,22 @@ async def test_other_apps_cannot_read_an_order():
     assert await sh.find("other-app", "k1") is None
 
 
-async def test_a_batch_makes_one_channel_call_and_a_slow_charge_does_not_hold_the_others():
+async def test_a_slow_charge_holds_up_no_other_order_in_its_batch():
     ch = ScriptedChannel()
     sh = shard(channel=ch)
     await sh.ping()
-    fast = [cmd(key=f"b{i}") for i in range(10)]
-    replies = await sh.submit(fast)
-    assert all(r["order"]["status"] == "SUCCEEDED" for r in replies)
-    assert ch.batches == 1 and len(ch.charges) == 10
-
-    slow_ch = ScriptedChannel(charge_delay_s=0.5)
-    sh2 = shard(channel=slow_ch)
     loop = asyncio.get_running_loop()
+    cmds = [cmd(key=f"b{i}") for i in range(9)] + [cmd(key="slow", amount=699)]  # 99: 1 s
     t0 = loop.time()
-    [r] = await sh2.submit([cmd(key="slow")])
-    assert r["http"] == 202 and loop.time() - t0 < 0.35
-    o = await wait_for_status(sh2, r["order"]["order_id"], "SUCCEEDED")
-    assert o["resolved_by"] == "sync" and len(slow_ch.charges) == 1
-
-
-async def test_a_lost_charge_answer_is_resolved_by_query():
-    class Forgetful(ScriptedChannel):
-        async def collect(self, channel, order_ids, wait_s):  # the actor restarted
-            return {oid: OutcomeUnknown("not in flight here") for oid in order_ids}
-
-    ch = Forgetful(charge_delay_s=0.5)
-    sh = shard(channel=ch)
-    [r] = await sh.submit([cmd()])
-    assert r["http"] == 202
-    o = await wait_for_status(sh, r["order"]["order_id"], "SUCCEEDED")
-    assert o["resolved_by"] == "query" and len(ch.charges) == 1
+    tasks = [asyncio.ensure_future(sh.submit([c])) for c in cmds]
+    fast = await asyncio.gather(*tasks[:9])
+    assert loop.time() - t0 < 0.15
+    assert all(r[0]["http"] == 200 and r[0]["order"]["status"] == "SUCCEEDED" for r in fast)
+    [slow] = await tasks[9]
+    assert slow["http"] == 202 and 0.19 <= loop.time() - t0 < 0.35
+    assert len(ch.charges) == 10
+    o = await wait_for_status(sh, slow["order"]["order_id"], "SUCCEEDED")
+    assert o["resolved_by"] == "sync"
 
 
 async def test_a_create_whose_commit_landed_unseen_is_replayed_not_duplicated():
@@ -308,3 +283,21 @@ async def test_a_create_whose_commit_landed_unseen_is_replayed_not_duplicated():
     [again] = await sh2.submit([cmd()])
     assert again["order"]["order_id"] == first["order"]["order_id"]
     assert len(ch.charges) == 1 and len(store.records) == 1
+
+
+async def test_a_notification_during_a_slow_charge_answers_the_client_at_once():
+    ch = ScriptedChannel(charge_delay_s=5)
+    sh = shard(channel=ch, sync_deadline_ms=2000, async_window_ms=10_000)
+    await sh.ping()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    pending = asyncio.ensure_future(sh.submit([cmd()]))
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+        if ch.charges:
+            break
+    oid = ch.charges[0]
+    assert await sh.notify(Notification(oid, Fact.PAID, "T7", 600, "CNY", "n", "TRADE_SUCCESS"))
+    [r] = await pending
+    assert r["http"] == 200 and r["order"]["resolved_by"] == "notify"
+    assert loop.time() - t0 < 0.5
