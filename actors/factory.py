@@ -22,11 +22,17 @@ def notify_url(settings: Settings, channel: str) -> str:
     return f"{settings.gateway.base_url()}/v1/notify/{channel}"
 
 
+REDIS_CONNECTIONS_MAX = 64  # per process; past it an operation waits (op_timeout_ms) for one
+
+
 def redis_client(settings: Settings) -> aioredis.Redis:
+    """A client whose pool makes an operation wait for a free connection (bounded by the
+    operation timeout) instead of failing when many run at once."""
     r = settings.redis
-    return aioredis.from_url(r.effective_url(), socket_timeout=r.op_timeout_ms / 1000,
-                             socket_connect_timeout=r.connect_timeout_ms / 1000,
-                             max_connections=64)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        r.effective_url(), max_connections=REDIS_CONNECTIONS_MAX, timeout=r.op_timeout_ms / 1000,
+        socket_timeout=r.op_timeout_ms / 1000, socket_connect_timeout=r.connect_timeout_ms / 1000)
+    return aioredis.Redis(connection_pool=pool)
 
 
 class LiveOrderShard(OrderShard):

@@ -54,3 +54,12 @@ async def test_a_second_order_for_one_key_is_refused_and_nothing_of_its_batch_is
     assert await store.find("demo-app", "fence-other") == other
     # the same order committed as new again (a retried write) is not a conflict
     await store.commit(first, new=True)
+
+
+async def test_more_concurrent_reads_than_pooled_connections_all_succeed(store):
+    from actors.factory import REDIS_CONNECTIONS_MAX
+    o = order("many-readers", "P_local_s0_7_readers00000000001")
+    await store.commit(o, new=True)
+    n = REDIS_CONNECTIONS_MAX * 5
+    results = await asyncio.gather(*(store.get(o.order_id) for _ in range(n)))
+    assert results == [o] * n
