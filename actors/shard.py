@@ -466,7 +466,8 @@ class OrderShard:
             self._schedule(self._clock.time() + self._s.query_interval_ms / 1000, order_id, kind)
             return
         try:
-            order = self._open[order_id] or await self._load(order_id)
+            # Read, not cached: an open order nobody asks about costs only its id in memory.
+            order = self._open[order_id] or await self._store.get(order_id)
             if order is None:
                 log.error("order %s is open but has no record; left for reconciliation",
                           order_id, extra=self._ctx(order_id, ""))
