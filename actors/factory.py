@@ -36,7 +36,7 @@ def redis_client(settings: Settings) -> aioredis.Redis:
 
 
 class LiveOrderShard(OrderShard):
-    """An OrderShard wired to Redis and to the channel actors."""
+    """An OrderShard wired to Redis and to its own channel connectors."""
 
     def __init__(self, settings: Settings, shard: int) -> None:
         configure_logs(settings.log_level)

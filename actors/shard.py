@@ -141,7 +141,6 @@ class OrderShard:
     async def stats(self) -> dict[str, Any]:
         await self.ensure_started()
         return {"shard": self._shard, "pid": os.getpid(), "open": len(self._open),
-                "open_loaded": sum(1 for o in self._open.values() if o is not None),
                 "recent": len(self._recent), "due": len(self._due), **self.counters}
 
     def _ctx(self, order_id: str, channel: str) -> dict[str, Any]:

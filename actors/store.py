@@ -82,7 +82,7 @@ class OrderStore:
         self._queue: list[_Write] = []
         self._flusher: asyncio.Task[None] | None = None
         self._commit_script = client.register_script(_COMMIT_LUA)
-        self.pipelines = 0  # observability: pipelines written
+        self.commits = 0    # observability: commit script calls
         self.writes = 0     # observability: order writes committed
 
     # ---- keys ----
@@ -167,7 +167,7 @@ class OrderStore:
         taken = await self._commit_script(keys=keys, args=args)
         if taken:
             return {int(i) - 1 for i in taken}
-        self.pipelines += 1
+        self.commits += 1
         self.writes += len(batch)
         return set()
 

@@ -56,11 +56,10 @@ def open_loop(target: Target, rate: float, seconds: float) -> dict[str, Any]:
 
 
 def grouped_us(fig: dict[str, Any]) -> dict[str, float]:
-    """µs per order for the suite's groups: the three actor groups summed as ``actors``."""
+    """µs per order for the suite's groups: the actor groups summed as ``actors``."""
     per = fig["cpu_us_per_order"]
     out = {procs.GATEWAY: per[procs.GATEWAY],
-           "actors": per[procs.SHARD_ACTORS] + per[procs.CHANNEL_ACTORS]
-           + per[procs.OTHER_ACTORS]}
+           "actors": per[procs.SHARD_ACTORS] + per[procs.OTHER_ACTORS]}
     for g in (procs.RAY_SYSTEM, procs.REDIS, procs.SANDBOX, procs.LOADGEN, procs.OTHER):
         out[g] = per[g]
     out["total"] = per["total"]

@@ -16,19 +16,17 @@ from typing import Iterable, Mapping, Sequence
 
 GATEWAY = "gateway"
 SHARD_ACTORS = "actors:shard"
-CHANNEL_ACTORS = "actors:channel"
 OTHER_ACTORS = "actors:other"
 RAY_SYSTEM = "ray-system"
 REDIS = "redis"
 SANDBOX = "sandbox"
 LOADGEN = "loadgen"
 OTHER = "other"
-GROUPS = (GATEWAY, SHARD_ACTORS, CHANNEL_ACTORS, OTHER_ACTORS, RAY_SYSTEM, REDIS, SANDBOX,
+GROUPS = (GATEWAY, SHARD_ACTORS, OTHER_ACTORS, RAY_SYSTEM, REDIS, SANDBOX,
           LOADGEN, OTHER)
 
 # Ray worker titles are "ray::<ActorClass>" or "ray::<ActorClass>.<method>" while a call runs.
 _SHARD_CLASSES = frozenset({"LiveOrderShard"})
-_CHANNEL_CLASSES = frozenset({"ChannelHost"})
 _GATEWAY_CLASSES = frozenset({"ProxyActor"})          # Ray Serve's HTTP proxy (bench.suite)
 _RAY_SYSTEM_TITLES = frozenset({"IDLE", "DashboardAgent", "RuntimeEnvAgent", "ServeController"})
 _RAY_SYSTEM_NAMES = frozenset({"gcs_server", "raylet", "plasma_store", "ray"})
@@ -47,8 +45,6 @@ def _ray_worker_group(title: str) -> str:
     actor = title[len("ray::"):].split(".", 1)[0].split(" ", 1)[0]
     if actor in _SHARD_CLASSES:
         return SHARD_ACTORS
-    if actor in _CHANNEL_CLASSES:
-        return CHANNEL_ACTORS
     if actor in _GATEWAY_CLASSES:
         return GATEWAY
     if actor in _RAY_SYSTEM_TITLES:

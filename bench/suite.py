@@ -26,7 +26,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench import ceiling, chart, phases, targets  # noqa: E402
+from bench import ceiling, phases, targets  # noqa: E402
 from bench.report import print_summary, save  # noqa: E402
 from bench.run import RESULTS, _interrupt  # noqa: E402
 

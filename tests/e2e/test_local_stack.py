@@ -5,6 +5,7 @@ Ctrl-C (SIGINT), checks that every process it started is gone, starts it again o
 folder and finds the acknowledged order unchanged.
 """
 import asyncio
+import contextlib
 import ipaddress
 import os
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import AsyncIterator
 
 import aiohttp
 import psutil
@@ -94,19 +96,29 @@ def is_loopback(ip: str) -> bool:
     return addr.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
+@contextlib.asynccontextmanager
+async def running_stack(data: Path, ports: dict[str, int], log: Path
+                        ) -> AsyncIterator[subprocess.Popen]:
+    """`paycell up` until ready; on exit, Ctrl-C and every process it started must be gone."""
+    proc = start(data, ports, log)
+    procs: list[psutil.Process] = []
+    try:
+        await wait_ready(f"http://127.0.0.1:{ports['gateway']}", proc)
+        procs = tree(proc)
+        yield proc
+    finally:
+        stop(proc, procs or (tree(proc) if proc.poll() is None else []))
+
+
 async def test_make_run_stack_pays_stops_and_keeps_orders(tmp_path):
     ports = {k: free_port() for k in ("gateway", "redis", "sandbox")}
     url = f"http://127.0.0.1:{ports['gateway']}"
     log = tmp_path / "paycell-up.log"
-    proc = start(tmp_path / "data", ports, log)
-    procs: list[psutil.Process] = []
-    try:
-        await wait_ready(url, proc)
-        procs = tree(proc)
+    body = {"out_trade_no": "e2e-1", "user_id": "u-1", "amount": 600, "currency": "CNY",
+            "subject": "60 gems", "payment": {"type": "barcode",
+                                              "auth_code": "28763443825664394"}}
+    async with running_stack(tmp_path / "data", ports, log) as proc:
         async with PaycellClient(url, "demo-app", "demo-secret") as c:
-            body = {"out_trade_no": "e2e-1", "user_id": "u-1", "amount": 600, "currency": "CNY",
-                    "subject": "60 gems", "payment": {"type": "barcode",
-                                                      "auth_code": "28763443825664394"}}
             status, order = await c.create_order(body)
         assert status == 200 and order["status"] == "SUCCEEDED", order
         assert order["channel"] == "alipay" and order["resolved_by"] == "sync"
@@ -117,19 +129,11 @@ async def test_make_run_stack_pays_stops_and_keeps_orders(tmp_path):
         found = listeners(tree(proc))
         assert {ports["gateway"], ports["redis"], ports["sandbox"]} <= {p for _, p, _ in found}
         assert all(is_loopback(ip) for ip, _, _ in found), found
-    finally:
-        stop(proc, procs or (tree(proc) if proc.poll() is None else []))
     assert "stopped." in log.read_text()
 
-    proc2 = start(tmp_path / "data", ports, log)
-    procs2: list[psutil.Process] = []
-    try:
-        await wait_ready(url, proc2)
-        procs2 = tree(proc2)
+    async with running_stack(tmp_path / "data", ports, log):
         async with PaycellClient(url, "demo-app", "demo-secret") as c:
             s1, again = await c.get_order(order["order_id"])
             s2, replay = await c.create_order(body)
         assert s1 == 200 and again == order
         assert s2 == 200 and replay == order  # idempotent across a restart: no second charge
-    finally:
-        stop(proc2, procs2)

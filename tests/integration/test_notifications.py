@@ -9,7 +9,6 @@ import pytest
 
 from channels.alipay.signing import load_private_key, sign_notification
 from core.settings import KEYS_DIR
-from gateway.client import PaycellClient
 from tests.integration.test_order_path import body, client
 
 pytestmark = pytest.mark.integration

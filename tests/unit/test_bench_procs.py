@@ -44,7 +44,7 @@ def test_every_process_lands_in_its_group() -> None:
         100: procs.GATEWAY, 101: procs.REDIS, 102: procs.SANDBOX, 103: procs.RAY_SYSTEM,
         104: procs.RAY_SYSTEM, 105: procs.RAY_SYSTEM, 106: procs.RAY_SYSTEM,
         107: procs.RAY_SYSTEM, 108: procs.SHARD_ACTORS, 109: procs.SHARD_ACTORS,
-        110: procs.CHANNEL_ACTORS, 111: procs.RAY_SYSTEM, 112: procs.OTHER_ACTORS,
+        110: procs.OTHER_ACTORS, 111: procs.RAY_SYSTEM, 112: procs.OTHER_ACTORS,
         113: procs.REDIS, 114: procs.SANDBOX, 115: procs.OTHER, 200: procs.LOADGEN,
     }
 

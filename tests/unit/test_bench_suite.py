@@ -73,7 +73,7 @@ def test_chart_points_sorted_and_flag_a_lagging_generator() -> None:
 
 def test_grouped_us_sums_the_actor_groups() -> None:
     per = {g: 0.0 for g in procs.GROUPS}
-    per.update({procs.SHARD_ACTORS: 10.0, procs.CHANNEL_ACTORS: 5.0, procs.OTHER_ACTORS: 1.0,
+    per.update({procs.SHARD_ACTORS: 10.0, procs.OTHER_ACTORS: 6.0,
                 procs.GATEWAY: 7.0, "total": 23.0})
     g = phases.grouped_us({"cpu_us_per_order": per})
     assert g["actors"] == 16.0 and g["gateway"] == 7.0 and g["total"] == 23.0

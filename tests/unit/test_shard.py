@@ -2,8 +2,6 @@
 import asyncio
 import dataclasses
 
-import pytest
-
 from actors.shard import OrderShard
 from actors.store import KeyTaken
 from channels.base import ChannelResult, NotSent, Notification, OutcomeUnknown
