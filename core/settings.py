@@ -111,6 +111,81 @@ class AlipaySettings:
 
 
 @dataclass(frozen=True)
+class WechatPaySettings:
+    """WeChat Pay API v3 (channels/wechatpay). Defaults: the sandbox's published test merchant."""
+    enabled: bool = True
+    gateway_url: str = ""              # empty: <sandbox>/wechatpay
+    call_timeout_ms: int = 5000
+    mchid: str = "1900009191"
+    appid: str = "wxd678efh567hg6787"
+    merchant_serial_no: str = "3775B6A45ACD588826D15E583A95F5DD8EA4F2C5"
+    merchant_private_key_path: str = str(KEYS_DIR / "wechatpay_merchant_private.pem")
+    platform_public_key_path: str = str(KEYS_DIR / "wechatpay_platform_public.pem")
+    platform_serial_no: str = "PUB_KEY_ID_0119000091912025112500000000000001"
+    apiv3_key: Secret = Secret("paycellSandboxApiV3Key0123456789")   # 32 bytes
+
+
+@dataclass(frozen=True)
+class StripeSettings:
+    """Stripe PaymentIntents (channels/stripe)."""
+    enabled: bool = True
+    gateway_url: str = ""              # empty: <sandbox>/stripe (the SDK's api_base)
+    call_timeout_ms: int = 5000
+    secret_key: Secret = Secret("sk_test_paycellsandbox000000000000000000")
+    webhook_secret: Secret = Secret("whsec_paycellsandbox0000000000000000")
+    webhook_tolerance_s: int = 300
+
+
+@dataclass(frozen=True)
+class UnionPaySettings:
+    """UnionPay online payments, gateway 5.1.0 (channels/unionpay)."""
+    enabled: bool = True
+    gateway_url: str = ""              # empty: <sandbox>/unionpay
+    call_timeout_ms: int = 5000
+    mer_id: str = "777290058110048"
+    sign_cert_id: str = "69629715588"
+    merchant_private_key_path: str = str(KEYS_DIR / "unionpay_merchant_private.pem")
+    unionpay_public_key_path: str = str(KEYS_DIR / "unionpay_platform_public.pem")
+
+
+@dataclass(frozen=True)
+class QPaySettings:
+    """QQ Wallet (QPay) merchant API (channels/qpay)."""
+    enabled: bool = True
+    gateway_url: str = ""              # empty: <sandbox>/qpay
+    call_timeout_ms: int = 5000
+    mch_id: str = "1900000109"
+    appid: str = ""
+    api_key: Secret = Secret("paycellSandboxQPayKey0123456789ab")
+
+
+@dataclass(frozen=True)
+class PayPalSettings:
+    """PayPal REST: OAuth2 + Orders v2 + Payments v2 (channels/paypal)."""
+    enabled: bool = True
+    gateway_url: str = ""              # empty: <sandbox>/paypal
+    call_timeout_ms: int = 5000
+    client_id: str = "AYpaycellSandboxClient"
+    client_secret: Secret = Secret("EFpaycellSandboxSecret0000")
+    webhook_id: str = "8PT597110X687430LKGECATA"
+
+
+@dataclass(frozen=True)
+class RoutingSettings:
+    """Automatic channel selection (channels/routing) for orders that name no channel."""
+    window_s: int = 60                 # success rate and latency are kept over this window
+    window_buckets: int = 12           # the window slides one bucket (window_s / buckets) at a time
+    min_samples: int = 20              # fewer attempts than this: the channel counts as healthy
+    exploration_pct: int = 5           # share of orders sent to a non-best eligible channel
+    elimination_success_pct: int = 50  # below this success rate a channel is not chosen
+    latency_weight_ms: int = 2000      # a channel this much slower loses as much as 100% success
+    fallback_order: str = "alipay,wechatpay,qpay,stripe,unionpay,paypal"
+    breaker_failures: int = 5          # consecutive unknown outcomes / not-sent that open it
+    breaker_open_ms: int = 10_000      # then one probe call is let through (half-open)
+    failovers_max: int = 2             # other channels tried after a certain non-charge
+
+
+@dataclass(frozen=True)
 class SandboxSettings:
     start_local: bool = True
     host: str = "127.0.0.1"
@@ -130,15 +205,29 @@ class Settings:
     ray: RaySettings = field(default_factory=RaySettings)
     orders: OrderSettings = field(default_factory=OrderSettings)
     alipay: AlipaySettings = field(default_factory=AlipaySettings)
+    wechatpay: WechatPaySettings = field(default_factory=WechatPaySettings)
+    stripe: StripeSettings = field(default_factory=StripeSettings)
+    unionpay: UnionPaySettings = field(default_factory=UnionPaySettings)
+    qpay: QPaySettings = field(default_factory=QPaySettings)
+    paypal: PayPalSettings = field(default_factory=PayPalSettings)
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
     apps: tuple[AppCredential, ...] = ()
 
     def alipay_gateway_url(self) -> str:
         return self.alipay.gateway_url or f"{self.sandbox.url()}/gateway.do"
 
+    def channel_base_url(self, channel: str) -> str:
+        """The channel's API base URL: its configured gateway_url, or its local sandbox."""
+        configured = getattr(self, channel).gateway_url
+        return configured or f"{self.sandbox.url()}/{channel}"
+
     def app_secrets(self) -> dict[str, str]:
         return {a.app_id: a.secret.reveal() for a in self.apps}
 
+
+# Every channel's settings section, by connector name.
+CHANNEL_SECTIONS = ("alipay", "wechatpay", "stripe", "unionpay", "qpay", "paypal")
 
 DEMO_APPS = (AppCredential("demo-app", Secret("demo-secret")),)
 
@@ -159,6 +248,10 @@ def _convert(name: str, tp: Any, raw: Any) -> Any:
             return int(raw)
         except (TypeError, ValueError):
             raise ConfigError(f"{name}: expected an integer, got {raw!r}") from None
+    if tp is Secret:
+        if not isinstance(raw, (str, int)):
+            raise ConfigError(f"{name}: expected a string")
+        return Secret(str(raw))
     if tp is str:
         if not isinstance(raw, (str, int)):
             raise ConfigError(f"{name}: expected a string, got {raw!r}")
@@ -265,7 +358,17 @@ def validate(s: Settings) -> None:
          "orders.async_window_ms: must exceed orders.sync_deadline_ms")
     need(s.gateway.shard_call_timeout_ms > s.orders.sync_deadline_ms,
          "gateway.shard_call_timeout_ms: must exceed orders.sync_deadline_ms")
-    need(s.alipay.call_timeout_ms > 0, "alipay.call_timeout_ms: must be > 0")
+    for name in CHANNEL_SECTIONS:
+        need(getattr(s, name).call_timeout_ms > 0, f"{name}.call_timeout_ms: must be > 0")
+    r = s.routing
+    need(r.window_s > 0 and 1 <= r.window_buckets <= r.window_s * 1000,
+         "routing.window_s / window_buckets: window_s > 0 and 1 <= buckets")
+    need(0 <= r.exploration_pct <= 50, "routing.exploration_pct: must be 0..50")
+    need(0 <= r.elimination_success_pct <= 100, "routing.elimination_success_pct: must be 0..100")
+    need(r.breaker_failures >= 1 and r.breaker_open_ms > 0, "routing.breaker_*: must be positive")
+    need(0 <= r.failovers_max <= 5, "routing.failovers_max: must be 0..5")
+    unknown = sorted(set(r.fallback_order.split(",")) - set(CHANNEL_SECTIONS) - {""})
+    need(not unknown, f"routing.fallback_order: unknown channel(s) {unknown}")
     need(s.redis.appendfsync in ("always", "everysec"), "redis.appendfsync: always or everysec")
     need(1 <= s.gateway.batch_max_orders <= 10_000, "gateway.batch_max_orders: must be 1..10000")
     need(s.gateway.body_max_bytes >= 1024, "gateway.body_max_bytes: must be >= 1024")

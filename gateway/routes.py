@@ -98,7 +98,7 @@ async def channel_notify(request: web.Request) -> web.Response:
     body = await request.read()
     metrics = request.app[keys.METRICS].notifications
     try:
-        note = connector.parse_notification(body, request.content_type)
+        note = connector.parse_notification(body, request.headers)
     except ProtocolError as e:
         log.warning("rejected %s notification: %s", channel, e)
         metrics.labels(channel, "rejected").inc()

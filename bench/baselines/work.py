@@ -124,7 +124,7 @@ class Payer:
     def notify(self, body: bytes, content_type: str) -> tuple[int, bytes]:
         """Verify the sandbox's signed notification; (status, ack body)."""
         try:
-            self._connector.parse_notification(body, content_type)
+            self._connector.parse_notification(body, {"Content-Type": content_type})
         except ProtocolError:
             ack = self._connector.ack(False)
         else:

@@ -8,15 +8,17 @@ Transport failures are mapped by what they mean for the money:
 from __future__ import annotations
 
 import asyncio
+from datetime import date
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
 from channels.alipay import signing, transformers as tf
-from channels.base import (Ack, ChannelResult, ChargeRequest, Notification, NotSent,
-                           OutcomeUnknown, ProtocolError)
+from channels.base import (Ack, Capabilities, ChannelResult, ChargeRequest, Notification,
+                           NotSent, OutcomeUnknown, ProtocolError, RefundRequest, RefundResult,
+                           Statement)
 from core.clock import Clock, SystemClock
 from core.settings import Settings
 
@@ -59,8 +61,11 @@ class AlipayConnector:
     """channels.base.Connector for Alipay barcode payments (alipay.trade.pay/query/cancel)."""
 
     name = "alipay"
-    currencies = frozenset({"CNY"})
-    payment_types = frozenset({"barcode"})
+    # Alipay's documented limits for barcode pay: 0.01 to 100,000,000.00 CNY a trade; refunds
+    # within the contract's window (default 3 months for most merchants, 12 at most).
+    capabilities = Capabilities(currencies=frozenset({"CNY"}), payment_types=frozenset({"barcode"}),
+                                countries=frozenset({"CN"}), amount_min=1,
+                                amount_max=10_000_000_000, qps=200, refund_window_days=365)
 
     def __init__(self, config: AlipayConfig, session: aiohttp.ClientSession | None,
                  clock: Clock | None = None) -> None:
@@ -78,7 +83,8 @@ class AlipayConnector:
     # ---- Connector ------------------------------------------------------------------------
 
     async def charge(self, req: ChargeRequest) -> ChannelResult:
-        if req.currency not in self.currencies or req.payment_type not in self.payment_types:
+        caps = self.capabilities
+        if req.currency not in caps.currencies or req.payment_type not in caps.payment_types:
             raise ValueError(f"alipay cannot charge {req.currency}/{req.payment_type}")
         params = tf.pay_params(self._config.app_id, req, self._clock.now(), self._config.notify_url)
         payload = await self._call(tf.METHOD_PAY, params)
@@ -92,7 +98,8 @@ class AlipayConnector:
         params = tf.cancel_params(self._config.app_id, order_id, self._clock.now())
         return tf.map_cancel(await self._call(tf.METHOD_CANCEL, params), order_id)
 
-    def parse_notification(self, body: bytes, content_type: str) -> Notification:
+    def parse_notification(self, body: bytes, headers: Mapping[str, str]) -> Notification:
+        content_type = headers.get("Content-Type", "")
         if not content_type.lower().startswith(FORM_CONTENT_TYPE):
             raise ProtocolError("alipay notification is not a urlencoded form")
         form = tf.parse_form(body)
@@ -100,6 +107,15 @@ class AlipayConnector:
 
     def ack(self, accepted: bool) -> Ack:
         return ACK_ACCEPTED if accepted else ACK_REFUSED
+
+    async def refund(self, req: RefundRequest) -> RefundResult:
+        raise NotImplementedError("alipay.trade.refund: being built (issue 3)")
+
+    async def refund_query(self, order_id: str, refund_id: str, currency: str) -> RefundResult:
+        raise NotImplementedError("alipay.trade.fastpay.refund.query: being built (issue 3)")
+
+    async def statement(self, day: date) -> Statement:
+        raise NotImplementedError("alipay bill download: being built (issue 3)")
 
     # ---- HTTP -----------------------------------------------------------------------------
 

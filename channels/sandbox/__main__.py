@@ -1,6 +1,8 @@
-"""python -m channels.sandbox --host 127.0.0.1 --port 8091 --seed N [knob flags]
+"""python -m channels.sandbox --host 127.0.0.1 --port 8091 --seed N [--channels a,b] [knob flags]
 
-Runs the Alipay sandbox on uvloop until SIGINT/SIGTERM. Prints one line
+Runs every channel's sandbox (or the named ones) in one process on uvloop until SIGINT/SIGTERM,
+each under /<channel>/ (Alipay also at the root). The knob flags set every channel's knobs at
+start; POST /<channel>/_sandbox/knobs changes one channel's. Prints one line
 ``sandbox listening on http://HOST:PORT`` once it accepts connections.
 """
 from __future__ import annotations
@@ -9,13 +11,17 @@ import argparse
 import asyncio
 import signal
 import sys
-from pathlib import Path
 
 import uvloop
 from aiohttp import web
 
-from channels.sandbox.alipay import SandboxConfig, create_sandbox_app
+from channels.sandbox.app import SANDBOXES, create_sandbox_app
+from channels.sandbox.engine import SandboxConfig
 from channels.sandbox.knobs import Knobs
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _ms_list(text: str) -> list[int]:
@@ -29,13 +35,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8091)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--app-id", default=SandboxConfig.app_id)
-    p.add_argument("--app-public-key", type=Path, default=SandboxConfig.app_public_key_path)
-    p.add_argument("--platform-private-key", type=Path,
-                   default=SandboxConfig.platform_private_key_path)
-    for name in ("latency_ms", "hang_ms", "notify_delay_ms", "payer_confirm_ms"):
+    p.add_argument("--channels", type=_names, default=list(SANDBOXES),
+                   help="comma-separated channels to serve (default: all)")
+    for name in ("latency_ms", "hang_ms", "notify_delay_ms", "payer_confirm_ms",
+                 "refund_delay_ms"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("hang_rate", "commit_then_drop_rate", "error_rate", "notify_drop_rate",
+    for name in ("hang_rate", "decline_rate", "commit_then_drop_rate", "error_rate",
+                 "notify_drop_rate",
                  "notify_duplicate_rate"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     p.add_argument("--naive-charge", action="store_true")
@@ -47,13 +53,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def config_from_args(args: argparse.Namespace) -> SandboxConfig:
     knob_names = [n for n in Knobs.__dataclass_fields__]
     knobs = Knobs().replace({n: getattr(args, n) for n in knob_names})
-    return SandboxConfig(app_id=args.app_id, app_public_key_path=args.app_public_key,
-                         platform_private_key_path=args.platform_private_key,
-                         seed=args.seed, knobs=knobs)
+    return SandboxConfig(seed=args.seed, knobs=knobs)
 
 
-async def serve(config: SandboxConfig, host: str, port: int) -> None:
-    runner = web.AppRunner(create_sandbox_app(config), access_log=None)
+async def serve(config: SandboxConfig, channels: list[str], host: str, port: int) -> None:
+    runner = web.AppRunner(create_sandbox_app(config, channels), access_log=None)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, backlog=1024).start()
@@ -71,10 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         config = config_from_args(args)
+        unknown = sorted(set(args.channels) - set(SANDBOXES))
+        if unknown:
+            raise ValueError(f"no sandbox for {unknown}; known: {sorted(SANDBOXES)}")
     except ValueError as e:
         print(f"sandbox: {e}", file=sys.stderr)
         return 2
-    uvloop.run(serve(config, args.host, args.port))
+    uvloop.run(serve(config, args.channels, args.host, args.port))
     return 0
 
 

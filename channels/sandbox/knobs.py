@@ -15,7 +15,8 @@ NOTIFY_RETRIES_MAX = 10
 
 @dataclass(frozen=True)
 class Knobs:
-    latency_ms: int = 0                  # added to every /gateway.do answer
+    latency_ms: int = 0                  # added to every API answer
+    decline_rate: float = 0.0            # charge: the payer's payment is declined, nothing taken
     hang_rate: float = 0.0               # pay: commit, then hold the answer hang_ms
     hang_ms: int = 3000
     commit_then_drop_rate: float = 0.0   # pay: commit, then close the connection without answer
@@ -25,6 +26,7 @@ class Knobs:
     notify_duplicate_rate: float = 0.0   # a notification is delivered twice (same notify_id)
     payer_confirm_ms: int = 1500         # amount ending 02: the payer confirms after this
     naive_charge: bool = False           # every pay request charges again (no idempotency)
+    refund_delay_ms: int = 0             # 0: a refund succeeds at once; else PROCESSING this long
     notify_retry_ms: tuple[int, ...] = field(default=(1000, 2000, 4000))
 
     def replace(self, changes: Mapping[str, Any]) -> Knobs:

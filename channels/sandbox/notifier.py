@@ -1,64 +1,48 @@
-"""Asynchronous trade notifications, delivered the way Alipay does it but on a compressed schedule.
+"""Asynchronous notifications from a channel sandbox to the merchant's notify URL, on a compressed
+version of the channel's retry schedule.
 
-A notification is the signed `trade_status_sync` form POSTed to the pay request's notify_url. It
-counts as delivered only when the answer body is exactly ``success``; otherwise it is retried after
-each delay of the `notify_retry_ms` knob, then given up. Deliveries wait in one bounded queue
-served by a fixed number of workers; enqueueing never blocks (a full queue drops and counts).
+A Delivery is a ready-made HTTP POST (body, headers) plus the channel's rule for what counts as an
+acknowledgement (Alipay: the body ``success``; WeChat Pay, Stripe, PayPal: any 2xx...). A refused
+or failed delivery is retried after each delay of the `notify_retry_ms` knob, then given up.
+Deliveries wait in one bounded queue served by a fixed number of workers; enqueueing never blocks
+(a full queue drops and counts).
 """
 from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import aiohttp
-from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 
-from channels.alipay import signing, transformers as tf
 from channels.sandbox.knobs import Knobs
-from channels.sandbox.ledger import Ledger, Trade, TradeStatus
+from channels.sandbox.ledger import Ledger
 
 NOTIFY_QUEUE_MAX = 100_000
 NOTIFY_WORKERS = 16
 NOTIFY_TIMEOUT_MS = 3000
-ACK_BODY = b"success"
-BUYER_ID = "2088102146225135"
-SELLER_ID = "2088101117955611"
+ACK_READ_MAX_BYTES = 4096
+
+
+def accept_2xx(status: int, body: bytes) -> bool:
+    return 200 <= status < 300
 
 
 @dataclass
 class Delivery:
     out_trade_no: str
     url: str
-    form: dict[str, str]
+    body: bytes
+    headers: dict[str, str]
+    accepted: Callable[[int, bytes], bool] = accept_2xx
+    event: str = ""
     attempt: int = 0                  # deliveries already tried
+    copies: list[int] = field(default_factory=list)
 
-
-def notify_form(trade: Trade, app_id: str, notify_id: str, now: datetime,
-                private_key: RSAPrivateKey) -> dict[str, str]:
-    """Alipay's signed trade_status_sync form for the trade's current status."""
-    assert trade.status is not None
-    amount = tf.fen_to_yuan(trade.total_amount)
-    form = {
-        "notify_time": tf.alipay_timestamp(now), "notify_type": "trade_status_sync",
-        "notify_id": notify_id, "app_id": app_id, "charset": signing.CHARSET,
-        "version": tf.VERSION, "sign_type": signing.SIGN_TYPE, "trade_no": trade.trade_no,
-        "out_trade_no": trade.out_trade_no, "buyer_id": BUYER_ID, "seller_id": SELLER_ID,
-        "trade_status": trade.status.value, "total_amount": amount, "subject": trade.subject,
-    }
-    if trade.gmt_create:
-        form["gmt_create"] = tf.alipay_timestamp(trade.gmt_create)
-    if trade.gmt_payment:
-        form["gmt_payment"] = tf.alipay_timestamp(trade.gmt_payment)
-        form["receipt_amount"] = form["buyer_pay_amount"] = form["invoice_amount"] = amount
-        form["fund_bill_list"] = f'[{{"amount":"{amount}","fundChannel":"ALIPAYACCOUNT"}}]'
-    if trade.status is TradeStatus.TRADE_CLOSED and trade.gmt_close:
-        form["gmt_close"] = tf.alipay_timestamp(trade.gmt_close)
-        if trade.refunds:
-            form["refund_fee"] = amount
-    return signing.sign_notification(form, private_key)
+    def again(self) -> Delivery:
+        """A fresh copy for a replay (its own retry count)."""
+        return replace(self, attempt=0, copies=[])
 
 
 class Notifier:
@@ -85,15 +69,19 @@ class Notifier:
         if self._session is not None:
             await self._session.close()
 
-    def send(self, trade: Trade, form: dict[str, str]) -> None:
-        """Schedule delivery of `form` (never blocks); the knobs may drop or duplicate it."""
+    def send(self, delivery: Delivery) -> None:
+        """Schedule `delivery` (never blocks); the knobs may drop, delay or duplicate it."""
         knobs = self._knobs()
-        if not trade.notify_url or self._rng.random() < knobs.notify_drop_rate:
+        if not delivery.url or self._rng.random() < knobs.notify_drop_rate:
             self._ledger.notifies_dropped += 1
             return
         copies = 2 if self._rng.random() < knobs.notify_duplicate_rate else 1
         for _ in range(copies):
-            self._later(knobs.notify_delay_ms, Delivery(trade.out_trade_no, trade.notify_url, form))
+            self._later(knobs.notify_delay_ms, delivery.again())
+
+    def replay(self, delivery: Delivery) -> None:
+        """Deliver an earlier notification again now (duplicates and out-of-order tests)."""
+        self._enqueue(delivery.again())
 
     def _later(self, delay_ms: int, delivery: Delivery) -> None:
         if delay_ms <= 0:
@@ -128,8 +116,9 @@ class Notifier:
     async def _post(self, delivery: Delivery) -> bool:
         assert self._session is not None
         try:
-            async with self._session.post(delivery.url, data=delivery.form) as resp:
-                body = await resp.content.read(len(ACK_BODY) + 1)
-                return resp.status == 200 and body == ACK_BODY
+            async with self._session.post(delivery.url, data=delivery.body,
+                                          headers=delivery.headers) as resp:
+                body = await resp.content.read(ACK_READ_MAX_BYTES)
+                return delivery.accepted(resp.status, body)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
             return False

@@ -10,6 +10,17 @@ from channels.sandbox.ledger import Trade, TradeStatus
 BUYER_LOGON_ID = "159****5620"
 BUYER_USER_ID = "2088102146225135"
 
+# Alipay's trade_status for the ledger's neutral status.
+TRADE_STATUS = {TradeStatus.WAITING: "WAIT_BUYER_PAY", TradeStatus.PAID: "TRADE_SUCCESS",
+                TradeStatus.CLOSED: "TRADE_CLOSED"}
+
+
+def trade_status(trade: Trade) -> str:
+    assert trade.status is not None
+    if trade.fully_refunded:
+        return "TRADE_CLOSED"            # Alipay closes a wholly refunded trade
+    return TRADE_STATUS[trade.status]
+
 
 def missing(sub_code: str) -> dict[str, Any]:
     return {"code": tf.CODE_MISSING_PARAM, "msg": "Missing Required Arguments",
@@ -39,16 +50,15 @@ def _trade(trade: Trade) -> dict[str, Any]:
 
 def _paid_fields(trade: Trade) -> dict[str, Any]:
     amount = tf.fen_to_yuan(trade.total_amount)
-    assert trade.gmt_payment is not None
     return {"receipt_amount": amount, "buyer_pay_amount": amount, "invoice_amount": amount,
             "point_amount": "0.00", "buyer_user_id": BUYER_USER_ID,
             "fund_bill_list": [{"fund_channel": "ALIPAYACCOUNT", "amount": amount}]}
 
 
 def paid(trade: Trade) -> dict[str, Any]:
-    assert trade.gmt_payment is not None
+    assert trade.paid is not None
     return {"code": tf.CODE_SUCCESS, "msg": "Success", **_trade(trade), **_paid_fields(trade),
-            "gmt_payment": tf.alipay_timestamp(trade.gmt_payment)}
+            "gmt_payment": tf.alipay_timestamp(trade.paid)}
 
 
 def waiting(trade: Trade) -> dict[str, Any]:
@@ -58,10 +68,10 @@ def waiting(trade: Trade) -> dict[str, Any]:
 def queried(trade: Trade) -> dict[str, Any]:
     assert trade.status is not None
     out = {"code": tf.CODE_SUCCESS, "msg": "Success", **_trade(trade),
-           "trade_status": trade.status.value}
-    if trade.status is TradeStatus.TRADE_SUCCESS:
-        assert trade.gmt_payment is not None
-        out.update(_paid_fields(trade), send_pay_date=tf.alipay_timestamp(trade.gmt_payment))
+           "trade_status": trade_status(trade)}
+    if trade.status is TradeStatus.PAID:
+        assert trade.paid is not None
+        out.update(_paid_fields(trade), send_pay_date=tf.alipay_timestamp(trade.paid))
     return out
 
 

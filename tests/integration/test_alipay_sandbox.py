@@ -20,7 +20,8 @@ from aiohttp import web
 from channels.alipay import signing
 from channels.alipay.connector import AlipayConfig, AlipayConnector
 from channels.base import ChargeRequest, NotSent, OutcomeUnknown, ProtocolError
-from channels.sandbox.alipay import SandboxConfig, create_sandbox_app
+from channels.sandbox.app import create_sandbox_app
+from channels.sandbox.engine import SandboxConfig
 from channels.sandbox.knobs import Knobs
 from core.settings import KEYS_DIR
 from core.states import Fact
@@ -137,13 +138,13 @@ async def test_00_paid_at_once_and_notified(alipay: AlipayConnector, sandbox: st
     assert (res.fact, res.amount, res.currency) == (Fact.PAID, 1200, "CNY")
     assert len(res.channel_trade_no) == 28
     row = await _ledger(http, sandbox, req.order_id)
-    assert (row["status"], row["charges"], row["total_amount"]) == ("TRADE_SUCCESS", 1, 1200)
+    assert (row["status"], row["charges"], row["total_amount"]) == ("PAID", 1, 1200)
 
     async def acked() -> bool:
         return (await _ledger(http, sandbox, req.order_id))["notifies_acked"] == 1
     await _eventually(acked)
     (form,) = receiver[0].forms(req.order_id)
-    note = alipay.parse_notification(urllib.parse.urlencode(form).encode(), FORM)
+    note = alipay.parse_notification(urllib.parse.urlencode(form).encode(), {"Content-Type": FORM})
     assert (note.fact, note.amount, note.channel_trade_no) == (Fact.PAID, 1200, res.channel_trade_no)
 
 
@@ -175,7 +176,7 @@ async def test_03_never_confirms_and_cancel_closes(alipay: AlipayConnector, sand
     res = await alipay.cancel(req.order_id)
     assert (res.fact, res.action) == (Fact.CLOSED, "close")
     row = await _ledger(http, sandbox, req.order_id)
-    assert (row["status"], row["charges"]) == ("TRADE_CLOSED", 0)
+    assert (row["status"], row["charges"]) == ("CLOSED", 0)
 
 
 async def test_04_held_answer_is_paid_or_unknown_by_timeout(
@@ -247,7 +248,7 @@ async def test_cancel_fences_a_later_pay(alipay: AlipayConnector, sandbox: str,
     late = await alipay.charge(req)
     assert (late.fact, late.failure_code) == (Fact.CLOSED, "ACQ.TRADE_HAS_CLOSE")
     row = await _ledger(http, sandbox, req.order_id)
-    assert (row["status"], row["charges"], row["cancel_calls"]) == ("TRADE_CLOSED", 0, 1)
+    assert (row["status"], row["charges"], row["cancel_calls"]) == ("CLOSED", 0, 1)
 
 
 async def test_cancel_of_a_paid_trade_refunds(alipay: AlipayConnector, sandbox: str,
@@ -320,12 +321,12 @@ async def test_forged_notifications_are_refused(alipay: AlipayConnector) -> None
             "out_trade_no": "o", "trade_no": "T", "trade_status": "TRADE_SUCCESS",
             "total_amount": "1.00", "sign_type": "RSA2"}
     good = signing.sign_notification(form, PLATFORM_KEY)
-    assert alipay.parse_notification(urllib.parse.urlencode(good).encode(), FORM).amount == 100
+    assert alipay.parse_notification(urllib.parse.urlencode(good).encode(), {"Content-Type": FORM}).amount == 100
     wrong_key = signing.sign_notification(form, APP_KEY)
     one_byte = urllib.parse.urlencode(good).encode().replace(b"1.00", b"2.00")
     for body in (urllib.parse.urlencode(wrong_key).encode(), one_byte):
         with pytest.raises(ProtocolError):
-            alipay.parse_notification(body, FORM)
+            alipay.parse_notification(body, {"Content-Type": FORM})
 
 
 # ---- knobs ------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ from alipay.aop.api.util import WebUtils
 from cryptography.hazmat.primitives import serialization
 
 from channels.alipay import signing
-from channels.sandbox.alipay import SandboxConfig, create_sandbox_app
+from channels.sandbox.app import create_sandbox_app
+from channels.sandbox.engine import SandboxConfig
 from core.settings import KEYS_DIR
 
 pytestmark = pytest.mark.integration

@@ -234,7 +234,7 @@ def _connector() -> AlipayConnector:
                                           ("TRADE_CLOSED", Fact.CLOSED)])
 def test_notification_maps(status: str, fact: Fact) -> None:
     note = _connector().parse_notification(_body(_notify(trade_status=status)),
-                                           "application/x-www-form-urlencoded; charset=utf-8")
+                                           {"Content-Type": "application/x-www-form-urlencoded"})
     assert (note.order_id, note.fact, note.channel_trade_no, note.amount, note.notify_id) == (
         "ord-1", fact, "T9", 1234, "n-1")
 
@@ -248,20 +248,21 @@ def test_notification_tampered_or_foreign_is_refused() -> None:
     for form in (tampered, wrong_key, _notify(app_id="2021999999999999"),
                  {k: v for k, v in _notify().items() if k != "sign"}):
         with pytest.raises(ProtocolError):
-            c.parse_notification(_body(form), ct)
+            c.parse_notification(_body(form), {"Content-Type": ct})
 
 
 def test_notification_needs_a_form_and_known_fields() -> None:
     c = _connector()
     with pytest.raises(ProtocolError):
-        c.parse_notification(_body(_notify()), "application/json")
+        c.parse_notification(_body(_notify()), {"Content-Type": "application/json"})
     with pytest.raises(ProtocolError):
-        c.parse_notification(_body(_notify()) + b"&app_id=x", "application/x-www-form-urlencoded")
+        c.parse_notification(_body(_notify()) + b"&app_id=x",
+                             {"Content-Type": "application/x-www-form-urlencoded"})
     with pytest.raises(ProtocolError):
         c.parse_notification(_body(_notify(trade_status="WEIRD")),
-                             "application/x-www-form-urlencoded")
+                             {"Content-Type": "application/x-www-form-urlencoded"})
     with pytest.raises(ProtocolError):
-        c.parse_notification(b"\xff=\xfe", "application/x-www-form-urlencoded")
+        c.parse_notification(b"\xff=\xfe", {"Content-Type": "application/x-www-form-urlencoded"})
 
 
 def test_ack_is_alipays_exact_words() -> None:

@@ -1,0 +1,31 @@
+"""Keys the sandboxes use: the published sandbox keys in channels/sandbox/keys, loaded once, and
+one attacker key made per process for forged notifications."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+KEYS_DIR = Path(__file__).resolve().parent / "keys"
+
+
+@functools.lru_cache(maxsize=None)
+def private_key(name: str) -> rsa.RSAPrivateKey:
+    key = serialization.load_pem_private_key((KEYS_DIR / name).read_bytes(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey), name
+    return key
+
+
+@functools.lru_cache(maxsize=None)
+def public_key(name: str) -> rsa.RSAPublicKey:
+    key = serialization.load_pem_public_key((KEYS_DIR / name).read_bytes())
+    assert isinstance(key, rsa.RSAPublicKey), name
+    return key
+
+
+@functools.lru_cache(maxsize=1)
+def attacker_key() -> rsa.RSAPrivateKey:
+    """An RSA key no channel or merchant has: what a forger signs with."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
