@@ -10,6 +10,7 @@ from actors.names import shard_actor_name
 from actors.local_channels import LocalChannelPort
 from actors.shard import OrderShard
 from actors.store import OrderStore
+from channels.registry import enabled_channels
 from core.logs import configure as configure_logs
 from core.settings import Settings
 
@@ -46,11 +47,8 @@ class LiveOrderShard(OrderShard):
         channels = LocalChannelPort(settings, {ch: notify_url(settings, ch)
                                                for ch in enabled_channels(settings)})
         super().__init__(settings, shard, store=store, channels=channels,
-                         notify_url=notify_url(settings, "alipay"))
+                         notify_url="")
 
-
-def enabled_channels(settings: Settings) -> list[str]:
-    return ["alipay"] if settings.alipay.enabled else []
 
 
 def deploy(settings: Settings, timeout_s: float = 60) -> dict[str, Any]:

@@ -1,22 +1,39 @@
 """Channel calls made inside the shard's own process: each shard owns its connectors, their HTTP
-connection pool and its charges in flight.
+connection pool, its charges in flight and its share of routing health.
 
 DESIGN.md puts connectors in a channel actor. Measured on this machine (bench.run, wrk 32
 connections), the extra actor hop per charge cost ~390 us of CPU per order and 9% of the
 throughput (464 -> 508 orders/s without it), so the connectors live in the shards; per-channel
-limits and health become per-shard shares, aggregated across shards where needed.
+limits and health are per-shard shares: each shard's QPS limiter allows its 1/shard_count of a
+channel's documented rate, and each shard keeps its own success-rate window and circuit breaker
+(every shard sees a random slice of the traffic, so each learns the same picture).
 
 Each charge is its own task in the shard, bounded per channel (`channel_charges_inflight_max`:
-past it a charge is refused before it is sent). What a shard restart loses is "outcome unknown",
-resolved by query.
+past it a charge is refused before it is sent). A charge the router does not admit (circuit
+open, rate limit reached) is refused the same way: NotSent, certainly not charged. What a shard
+restart loses is "outcome unknown", resolved by query.
 """
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import aiohttp
 
-from channels.base import ChargeRequest, ChannelResult, Connector, NotSent
-from channels.registry import build_connector
+from channels.base import (ChannelError, ChannelResult, ChargeRequest, Connector, NotSent,
+                           OutcomeUnknown)
+from channels.registry import build_connector, enabled_channels
+from channels.routing import Attempt, Payment, Router, policy_from_settings
 from core.settings import Settings
+from core.states import Fact
+
+
+def attempt_of(res: ChannelResult | ChannelError) -> Attempt:
+    if isinstance(res, (NotSent, OutcomeUnknown)):
+        return Attempt.FAULT
+    if isinstance(res, ChannelResult) and res.fact in (Fact.PAID, Fact.WAITING):
+        return Attempt.SUCCESS
+    return Attempt.DECLINED
 
 
 class LocalChannelPort:
@@ -27,8 +44,14 @@ class LocalChannelPort:
         self._connectors: dict[str, Connector] = {}
         self._inflight_max = settings.orders.channel_charges_inflight_max
         self._inflight: dict[str, int] = {}
+        self._enabled = enabled_channels(settings)
+        capabilities = {name: build_connector(name, settings, "").capabilities  # no I/O
+                        for name in self._enabled}
+        self.router = Router(policy_from_settings(settings.routing, settings.orders.shard_count),
+                             capabilities)
 
     def _connector(self, channel: str) -> Connector:
+        """The channel's connector on this shard's pooled session (created inside the loop)."""
         connector = self._connectors.get(channel)
         if connector is None:
             if self._session is None:
@@ -41,17 +64,37 @@ class LocalChannelPort:
             self._connectors[channel] = connector
         return connector
 
+    def route(self, payment: Payment, exclude: tuple[str, ...] = ()) -> list[str]:
+        """Channels for an order that names none, best first (NoChannel / ChannelsBusy)."""
+        return self.router.candidates(payment, exclude)
+
     async def charge(self, channel: str, req: ChargeRequest) -> ChannelResult:
+        if channel not in self._enabled:
+            raise NotSent(f"{channel}: not enabled")
         if self._inflight.get(channel, 0) >= self._inflight_max:
             raise NotSent(f"{channel}: {self._inflight_max} charges already in flight")
+        if not self.router.admit(channel):
+            raise NotSent(f"{channel}: circuit open or at its rate limit")
+        connector = self._connector(channel)
         self._inflight[channel] = self._inflight.get(channel, 0) + 1
+        started = time.monotonic()
+        res: ChannelResult | ChannelError | None = None
         try:
-            return await self._connector(channel).charge(req)
+            res = await connector.charge(req)
+            return res
+        except ChannelError as e:
+            res = e
+            raise
         finally:
             self._inflight[channel] -= 1
+            if res is not None:
+                self.router.record(channel, attempt_of(res), (time.monotonic() - started) * 1000)
 
     async def query(self, channel: str, order_id: str, currency: str) -> ChannelResult:
         return await self._connector(channel).query(order_id, currency)
 
     async def cancel(self, channel: str, order_id: str) -> ChannelResult:
         return await self._connector(channel).cancel(order_id)
+
+    def stats(self) -> dict[str, Any]:
+        return {"routing": self.router.snapshot(), "inflight": dict(self._inflight)}

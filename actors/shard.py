@@ -11,6 +11,11 @@ channel call with a deadline:
   query every query_interval_ms until async_window_ms after creation, then cancel (fences the
   trade number at the channel: a late payment is refused or reversed).
 
+An order that names no channel is routed (channels.routing): the shard's router picks the best
+eligible channel and keeps the next ones as failover candidates. Failover happens only when the
+channel certainly did not charge (not sent, or declined), and the switch is committed before the
+next channel sees the charge; an unknown outcome is never failed over, it goes to the query rung.
+
 The charge is sent at most once per order, ever: a restarted shard finds its open orders in Redis
 and only queries them. Memory follows Redis: a record changes in memory only after its commit.
 """
@@ -27,12 +32,15 @@ from collections import OrderedDict
 from dataclasses import replace
 from typing import Any, Protocol
 
+import orjson
+
 from actors.board import TaskBoard
 from actors.store import KeyTaken
 from channels.base import (ChargeRequest, ChannelError, ChannelResult, NotSent, Notification,
                            OutcomeUnknown)
 from core.clock import Clock, SystemClock
-from core.errors import IdempotencyConflict, Overloaded, PaycellError, Unavailable
+from channels.routing import ChannelsBusy, NoChannel as NoChannelFits, Payment
+from core.errors import IdempotencyConflict, NoChannel, Overloaded, PaycellError, Unavailable
 from core.ids import make_order_id
 from core.order import CreateOrder, Order
 from core.settings import Settings
@@ -49,6 +57,8 @@ class ChannelPort(Protocol):
     async def charge(self, channel: str, req: ChargeRequest) -> ChannelResult: ...
     async def query(self, channel: str, order_id: str, currency: str) -> ChannelResult: ...
     async def cancel(self, channel: str, order_id: str) -> ChannelResult: ...
+    def route(self, payment: Payment, exclude: tuple[str, ...] = ()) -> list[str]: ...
+    def stats(self) -> dict[str, Any]: ...
 
 
 class StorePort(Protocol):
@@ -101,7 +111,8 @@ class OrderShard:
                 retry_after_s=1)),
             crashed=self._crashed_reply)
         self.counters = {"submit_calls": 0, "submitted": 0, "notify_calls": 0, "created": 0, "replayed": 0, "conflicts": 0, "late_sync": 0,
-                         "queries": 0, "cancels": 0, "notifies": 0, "fact_conflicts": 0}
+                         "queries": 0, "cancels": 0, "notifies": 0, "fact_conflicts": 0,
+                         "failovers": 0, "stale_channel_notifies": 0}
 
     # ------------------------------------------------------------------ lifecycle
     async def ensure_started(self) -> None:
@@ -141,7 +152,8 @@ class OrderShard:
     async def stats(self) -> dict[str, Any]:
         await self.ensure_started()
         return {"shard": self._shard, "pid": os.getpid(), "open": len(self._open),
-                "recent": len(self._recent), "due": len(self._due), **self.counters}
+                "recent": len(self._recent), "due": len(self._due), **self.counters,
+                "channels": self._channels.stats()}
 
     def _ctx(self, order_id: str, channel: str) -> dict[str, Any]:
         return {"order_id": order_id, "shard": self._shard, "channel": channel}
@@ -298,9 +310,11 @@ class OrderShard:
                 return stored
             if len(self._open) >= self._s.open_orders_max:
                 raise Overloaded("too many open orders on this shard", retry_after_s=1)
+            candidates = self._candidates(cmd)
             now = self._clock.time()
             oid = make_order_id(self._s.region, self._s.set_name, self._shard, int(now * 1000))
-            order = replace(Order.new(oid, cmd, now), charge_sent=True)
+            order = replace(Order.new(oid, cmd, now), charge_sent=True,
+                            channel=candidates[0], routed=not cmd.channel)
             try:
                 await self._store.commit(order, new=True)  # durable before the channel sees it
             except KeyTaken:  # an earlier create landed although its reply was lost: replay it
@@ -316,7 +330,7 @@ class OrderShard:
             self.counters["created"] += 1
             self._sync_done[oid] = asyncio.Event()
             fut.set_result(order)
-            self._spawn(self._charge(order, cmd))
+            self._spawn(self._charge(order, cmd, candidates[1:]))
             return order
         except BaseException:
             if not fut.done():
@@ -325,19 +339,66 @@ class OrderShard:
         finally:
             self._creating.pop(key, None)
 
-    async def _charge(self, order: Order, cmd: CreateOrder) -> None:
-        """The one charge of this order; its answer is applied as soon as it comes (a slow
+    def _candidates(self, cmd: CreateOrder) -> list[str]:
+        """[the channel to charge, then failover candidates]: the named one, or routed."""
+        if cmd.channel:
+            return [cmd.channel]
+        payment = Payment(cmd.amount, cmd.currency, cmd.payment_type, cmd.country, cmd.auth_code)
+        try:
+            return self._channels.route(payment)
+        except NoChannelFits as e:
+            raise NoChannel(str(e)) from None
+        except ChannelsBusy as e:
+            raise Unavailable(str(e), retry_after_s=1) from None
+
+    async def _charge(self, order: Order, cmd: CreateOrder, failover: list[str]) -> None:
+        """The one charge of this order (per channel, and on another channel only after the
+        first certainly did not charge); its answer is applied as soon as it comes (a slow
         charge holds up no other order), and the client's reply waits for it up to the sync
         deadline."""
         req = ChargeRequest(order_id=order.order_id, amount=order.amount, currency=order.currency,
                             subject=order.subject, payment_type=order.payment_type,
-                            auth_code=cmd.auth_code, notify_url=self._notify_url)
+                            auth_code=cmd.auth_code, notify_url=self._notify_url,
+                            payer_id=order.user_id, payment_token=cmd.payment_token)
         res: ChannelResult | ChannelError
-        try:
-            res = await self._channels.charge(order.channel, req)
-        except ChannelError as e:
-            res = e
+        while True:
+            try:
+                res = await self._channels.charge(order.channel, req)
+            except ChannelError as e:
+                res = e
+            certainly_not_charged = isinstance(res, NotSent) or (
+                isinstance(res, ChannelResult) and res.fact is Fact.DECLINED)
+            if not (order.routed and certainly_not_charged and failover):
+                break
+            switched = await self._fail_over(order, failover.pop(0), res)
+            if switched is None:
+                break
+            order = switched
         await self._on_charge_answer(order, res)
+
+    async def _fail_over(self, order: Order, channel: str,
+                         res: ChannelResult | ChannelError) -> Order | None:
+        """Commit the move to `channel` (so a restart queries the right channel) before it is
+        charged; None when the order is no longer there to move."""
+        oid = order.order_id
+        lock = self._locks.setdefault(oid, asyncio.Lock())
+        async with lock:
+            current = await self._load(oid)
+            if current is None or current.status.is_final or current.channel != order.channel:
+                return None
+            tried = ",".join(filter(None, [current.tried_channels, current.channel]))
+            moved = replace(current, channel=channel, tried_channels=tried,
+                            updated_at=self._clock.time())
+            try:
+                await self._store.commit(moved)
+            except PaycellError:
+                return None           # not durable: answer with the first channel's result
+            self._remember(moved)
+        self.counters["failovers"] += 1
+        reason = type(res).__name__ if isinstance(res, ChannelError) else res.failure_code
+        log.info("order %s: %s certainly did not charge (%s); failing over to %s", oid,
+                 order.channel, reason, channel, extra=self._ctx(oid, channel))
+        return moved
 
     async def _on_charge_answer(self, order: Order, res: ChannelResult | ChannelError) -> None:
         oid = order.order_id
@@ -385,6 +446,8 @@ class OrderShard:
             new, decision = order.learn(
                 fact, rung, self._clock.time(),
                 channel_trade_no=result.channel_trade_no if result else "",
+                pay_data=orjson.dumps(dict(result.pay_data)).decode()
+                if result is not None and result.pay_data else "",
                 failure_code=failure_code or (result.failure_code if result else ""),
                 failure_message=failure_message or (result.failure_message if result else ""))
             if decision.outcome is Outcome.CONFLICT:
@@ -420,6 +483,15 @@ class OrderShard:
         order = await self._load(note.order_id)
         if order is None:
             return False
+        if note.channel and note.channel != order.channel:
+            # From a channel this order failed over from: that channel declined or never got
+            # the charge. A payment it reports now is money to give back (reconciliation).
+            self.counters["stale_channel_notifies"] += 1
+            level = logging.ERROR if note.fact is Fact.PAID else logging.INFO
+            log.log(level, "order %s: %s notification from %s, which it left for %s",
+                    note.order_id, note.fact.value, note.channel, order.channel,
+                    extra=self._ctx(note.order_id, note.channel))
+            return True
         if note.amount is not None and (note.amount != order.amount
                                         or (note.currency and note.currency != order.currency)):
             log.error("order %s: notified amount %s %s differs; rejected",

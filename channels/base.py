@@ -136,6 +136,7 @@ class Notification:
     refund_id: str = ""
     refund_status: RefundStatus | None = None
     refund_amount: int | None = None
+    channel: str = ""          # set by the gateway: which channel's endpoint received it
 
 
 class StatementKind(str, enum.Enum):

@@ -33,3 +33,8 @@ def build_connector(name: str, settings: Settings, notify_url: str,
     except KeyError:
         raise KeyError(f"no connector named {name!r}; known: {sorted(CONNECTORS)}") from None
     return factory(settings, notify_url, session)
+
+
+def enabled_channels(settings: Settings) -> list[str]:
+    """Registered channels whose settings section says enabled, in registry order."""
+    return [name for name in CONNECTORS if getattr(settings, name).enabled]

@@ -65,6 +65,11 @@ class RiskRejected(PaycellError):
     title = "Rejected by risk control"
 
 
+class NoChannel(PaycellError):
+    code = "no_channel"
+    title = "No enabled channel can take this payment"
+
+
 class Unavailable(PaycellError):
     code = "unavailable"
     title = "Service temporarily unavailable"
@@ -89,6 +94,7 @@ HTTP_STATUS: dict[str, int] = {
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "risk_rejected": 422,
+    "no_channel": 422,
     "rate_limited": 429,
     "internal": 500,
     "unavailable": 503,

@@ -6,6 +6,8 @@ import sys
 from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
+import orjson
+
 from core.clock import rfc3339
 from core.states import Decision, Fact, OrderStatus, Outcome, Rung, apply
 
@@ -24,6 +26,8 @@ class CreateOrder:
     auth_code: str = field(default="", repr=False)  # payer's one-time code: never stored or logged
     notify_url: str = ""
     received_at: float = 0.0  # Unix s when the gateway got the request: the sync deadline's start
+    payment_token: str = field(default="", repr=False)  # card: saved method / vault id, not stored
+    country: str = ""         # ISO 3166 alpha-2 of the payer, for channel eligibility
 
     def fingerprint(self) -> str:
         """Hash of the business fields that make two requests 'the same body'.
@@ -31,9 +35,11 @@ class CreateOrder:
         The payer's one-time auth code is left out on purpose: it is payer data we do not keep,
         and a retry with a refreshed code is the same purchase.
         """
-        text = "\x1f".join([self.app_id, self.out_trade_no, self.user_id, str(self.amount),
-                            self.currency, self.subject, self.channel, self.payment_type,
-                            self.notify_url])
+        fields_ = [self.app_id, self.out_trade_no, self.user_id, str(self.amount),
+                   self.currency, self.subject, self.channel, self.payment_type, self.notify_url]
+        if self.payment_token or self.country:     # (orders from before these fields: same hash)
+            fields_ += [self.payment_token, self.country]
+        text = "\x1f".join(fields_)
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
@@ -68,6 +74,9 @@ class Order:
     failure_message: str = ""
     notify_url: str = ""
     charge_sent: bool = False       # the charge request may have reached the channel
+    routed: bool = False            # paycell chose the channel (failover allowed)
+    tried_channels: str = ""        # comma-separated channels that certainly did not charge
+    pay_data: str = ""              # prepay: JSON of what the payer's app needs (prepay_id...)
     conflicts: int = 0              # contradictory facts seen (reported, never applied)
     history: tuple[Change, ...] = ()
 
@@ -81,12 +90,16 @@ class Order:
                    created_at=now, updated_at=now, notify_url=i(cmd.notify_url))
 
     def learn(self, fact: Fact, rung: Rung, now: float, *, channel_trade_no: str = "",
-              failure_code: str = "", failure_message: str = "") -> tuple["Order", Decision]:
+              failure_code: str = "", failure_message: str = "",
+              pay_data: str = "") -> tuple["Order", Decision]:
         """Apply a channel fact; returns the new record (self when nothing changed) and the decision."""
         decision = apply(self.status, fact, rung)
         if decision.outcome is Outcome.NOOP:
-            if channel_trade_no and not self.channel_trade_no:
-                return replace(self, channel_trade_no=channel_trade_no, updated_at=now), decision
+            new_trade_no = bool(channel_trade_no) and not self.channel_trade_no
+            new_pay_data = bool(pay_data) and not self.pay_data
+            if new_trade_no or new_pay_data:
+                return replace(self, channel_trade_no=self.channel_trade_no or channel_trade_no,
+                               pay_data=self.pay_data or pay_data, updated_at=now), decision
             return self, decision
         if decision.outcome is Outcome.CONFLICT:
             return replace(self, conflicts=self.conflicts + 1, updated_at=now), decision
@@ -130,6 +143,10 @@ class Order:
         }
         if self.status is OrderStatus.FAILED:
             out["failure"] = {"code": self.failure_code, "message": self.failure_message}
+        if self.pay_data:
+            out["pay_data"] = orjson.loads(self.pay_data)
+        if self.tried_channels:
+            out["tried_channels"] = self.tried_channels.split(",")
         return out
 
 

@@ -8,7 +8,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from channels.registry import build_connector
+from channels.registry import build_connector, enabled_channels
 from core.clock import Clock, SystemClock
 from core.settings import Settings
 from gateway import keys
@@ -50,7 +50,7 @@ def create_app(settings: Settings, *, shards: Any = None, nonces: Any = None, re
     app[keys.FINALS] = FinalOrders(settings.gateway.final_orders_cached_max)
     app[keys.NOTIFIERS] = {
         ch: build_connector(ch, settings, notify_url=_notify_url(settings, ch))
-        for ch in (["alipay"] if settings.alipay.enabled else [])
+        for ch in enabled_channels(settings)
     }
 
     async def resources(app: web.Application) -> AsyncIterator[None]:

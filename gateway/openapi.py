@@ -70,6 +70,9 @@ def create_order_schema(channels: Collection[str] | None) -> dict[str, Any]:
             "payment": _ref("Payment"),
             "device": _ref("Device"),
             "region": _string(f"^{v.REGION_RE.pattern}$"),
+            "country": _string(f"^{v.COUNTRY_RE.pattern}$",
+                               description="The payer's country (ISO 3166 alpha-2), for "
+                                           "choosing a channel that serves it."),
             "notify_url": _string("^https?://", format="uri", maxLength=v.NOTIFY_URL_LEN_MAX),
         },
     }
@@ -78,9 +81,24 @@ def create_order_schema(channels: Collection[str] | None) -> dict[str, Any]:
 def payment_schemas() -> dict[str, dict[str, Any]]:
     return {
         "Payment": {
-            "oneOf": [_ref("BarcodePayment"), _ref("AppPayment")],
+            "oneOf": [_ref("BarcodePayment"), _ref("AppPayment"), _ref("NativePayment"),
+                      _ref("CardPayment")],
             "discriminator": {"propertyName": "type", "mapping": {
-                "barcode": SCHEMA_REF + "BarcodePayment", "app": SCHEMA_REF + "AppPayment"}},
+                "barcode": SCHEMA_REF + "BarcodePayment", "app": SCHEMA_REF + "AppPayment",
+                "native": SCHEMA_REF + "NativePayment", "card": SCHEMA_REF + "CardPayment"}},
+        },
+        "NativePayment": {
+            "type": "object", "additionalProperties": False, "required": ["type"],
+            "description": "A QR code the payer scans (pay_data.code_url); completed "
+                           "asynchronously.",
+            "properties": {"type": _string(enum=["native"])},
+        },
+        "CardPayment": {
+            "type": "object", "additionalProperties": False, "required": ["type", "token"],
+            "description": "An off-session charge of the payer's saved card or wallet: the "
+                           "channel's saved payment method / vault id. Never stored.",
+            "properties": {"type": _string(enum=["card"]),
+                           "token": _string(f"^{v.PAYMENT_TOKEN_RE.pattern}$")},
         },
         "BarcodePayment": {
             "type": "object", "additionalProperties": False, "required": ["type", "auth_code"],
@@ -125,6 +143,12 @@ def order_schema() -> dict[str, Any]:
             "failure": {"type": "object", "required": ["code", "message"],
                         "properties": {"code": _string(), "message": _string()},
                         "description": "Present when status is FAILED."},
+            "pay_data": {"type": "object", "additionalProperties": _string(),
+                         "description": "app / native payments: what the payer's app needs "
+                                        "(prepay_id, code_url, signed pay parameters)."},
+            "tried_channels": {"type": "array", "items": _string(),
+                               "description": "Channels paycell chose first that certainly "
+                                              "did not charge (declined or unreachable)."},
         },
     }
 

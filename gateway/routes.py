@@ -53,7 +53,7 @@ async def create_order(request: web.Request) -> web.Response:
     channels: list[str] = sorted(request.app[keys.NOTIFIERS].keys())
     if not channels:
         raise Unavailable("no payment channel is enabled")
-    cmd = replace(parse_create_order(app_id, body, channels, channels[0]), received_at=received_at)
+    cmd = replace(parse_create_order(app_id, body, channels), received_at=received_at)
     shard = shard_for_key(app_id, cmd.out_trade_no, settings.orders.shard_count)
     reply = await request.app[keys.BATCHER].submit(shard, cmd)
     return _order_reply(request, reply)
@@ -98,7 +98,7 @@ async def channel_notify(request: web.Request) -> web.Response:
     body = await request.read()
     metrics = request.app[keys.METRICS].notifications
     try:
-        note = connector.parse_notification(body, request.headers)
+        note = replace(connector.parse_notification(body, request.headers), channel=channel)
     except ProtocolError as e:
         log.warning("rejected %s notification: %s", channel, e)
         metrics.labels(channel, "rejected").inc()

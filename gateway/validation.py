@@ -19,15 +19,18 @@ from core.ids import parse_order_id
 from core.money import AMOUNT_MINOR_MAX, CURRENCY_EXPONENT
 from core.order import CreateOrder
 
-PAYMENT_TYPES = ("barcode", "app")
+PAYMENT_TYPES = ("barcode", "app", "native", "card")
 TOP_LEVEL_FIELDS = frozenset({"out_trade_no", "user_id", "amount", "currency", "subject",
-                              "channel", "payment", "device", "region", "notify_url"})
+                              "channel", "payment", "device", "region", "country", "notify_url"})
 REQUIRED_FIELDS = ("out_trade_no", "user_id", "amount", "currency", "subject", "payment")
-PAYMENT_FIELDS = {"barcode": frozenset({"type", "auth_code"}), "app": frozenset({"type"})}
+PAYMENT_FIELDS = {"barcode": frozenset({"type", "auth_code"}), "app": frozenset({"type"}),
+                  "native": frozenset({"type"}), "card": frozenset({"type", "token"})}
 DEVICE_FIELDS = frozenset({"fingerprint", "ip"})
 
 OUT_TRADE_NO_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 AUTH_CODE_RE = re.compile(r"[0-9]{10,32}")
+PAYMENT_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{4,128}")
+COUNTRY_RE = re.compile(r"[A-Z]{2}")
 REGION_RE = re.compile(r"[a-z0-9-]{1,32}")
 USER_ID_LEN_MAX = 64
 SUBJECT_LEN_MAX = 128
@@ -53,9 +56,9 @@ class _Problems:
             raise ValidationError(f"invalid field(s): {fields}", errors=self.errors)
 
 
-def parse_create_order(app_id: str, body: bytes, channels: Collection[str],
-                       default_channel: str) -> CreateOrder:
+def parse_create_order(app_id: str, body: bytes, channels: Collection[str]) -> CreateOrder:
     """Parse and check a POST /v1/orders body; raises ``ValidationError`` listing every problem.
+    Without ``channel`` the order is routed: paycell chooses among the enabled ``channels``.
 
     ``device`` and ``region`` are checked but not carried: ``CreateOrder`` has no place for
     them yet.
@@ -75,15 +78,17 @@ def parse_create_order(app_id: str, body: bytes, channels: Collection[str],
     channel = _check(problems, data, "channel", lambda v: _channel_problem(v, channels))
     notify_url = _check(problems, data, "notify_url", _notify_url_problem)
     _check(problems, data, "region", _region_problem)
+    country = _check(problems, data, "country", _country_problem)
     if "device" in data:
         _check_device(problems, data["device"])
-    payment_type, auth_code = ("", "")
+    payment_type, auth_code, token = ("", "", "")
     if "payment" in data:
-        payment_type, auth_code = _check_payment(problems, data["payment"])
+        payment_type, auth_code, token = _check_payment(problems, data["payment"])
     problems.raise_if_any()
     return CreateOrder(app_id=app_id, out_trade_no=out_trade_no, user_id=user_id, amount=amount,
-                       currency=currency, subject=subject, channel=channel or default_channel,
-                       payment_type=payment_type, auth_code=auth_code, notify_url=notify_url or "")
+                       currency=currency, subject=subject, channel=channel or "",
+                       payment_type=payment_type, auth_code=auth_code, notify_url=notify_url or "",
+                       payment_token=token, country=country or "")
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -240,24 +245,36 @@ def _check_device(problems: _Problems, device: Any) -> None:
             problems.add(f"device.{name}", problem)
 
 
-def _check_payment(problems: _Problems, payment: Any) -> tuple[str, str]:
-    """(payment type, auth code) when valid; problems recorded otherwise."""
+def _country_problem(value: Any) -> str:
+    if isinstance(value, str) and COUNTRY_RE.fullmatch(value):
+        return ""
+    return "must be an ISO 3166 alpha-2 code in capitals, e.g. CN"
+
+
+def _check_payment(problems: _Problems, payment: Any) -> tuple[str, str, str]:
+    """(payment type, auth code, card token) when valid; problems recorded otherwise."""
     if not isinstance(payment, dict):
         problems.add("payment", "must be an object with a type")
-        return "", ""
+        return "", "", ""
     kind = payment.get("type")
     if kind not in PAYMENT_TYPES:
         problems.add("payment.type", "must be one of " + ", ".join(PAYMENT_TYPES))
-        return "", ""
+        return "", "", ""
     for name in sorted(set(payment) - PAYMENT_FIELDS[kind]):
         problems.add(f"payment.{name}", f"unknown field for payment type {kind}")
+    if kind == "card":
+        token = payment.get("token")
+        if not isinstance(token, str) or not PAYMENT_TOKEN_RE.fullmatch(token):
+            problems.add("payment.token", "card payments need token: 4-128 of [A-Za-z0-9_-]")
+            return kind, "", ""
+        return kind, "", token
     if kind != "barcode":
-        return kind, ""
+        return kind, "", ""
     auth_code = payment.get("auth_code")
     if not isinstance(auth_code, str) or not AUTH_CODE_RE.fullmatch(auth_code):
         problems.add("payment.auth_code", "barcode payments need auth_code: 10-32 digits")
-        return kind, ""
-    return kind, auth_code
+        return kind, "", ""
+    return kind, auth_code, ""
 
 
 def check_order_id(text: str) -> str:

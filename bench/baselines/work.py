@@ -82,7 +82,7 @@ class Authorizer:
                         body: bytes) -> CreateOrder:
         app_id = await authenticate(headers, method, path_qs, body, self._apps, self._nonces,
                                     time.time(), self._settings.gateway.auth_window_s)
-        return parse_create_order(app_id, body, CHANNELS, CHANNELS[0])
+        return parse_create_order(app_id, body, CHANNELS)
 
 
 class Payer:

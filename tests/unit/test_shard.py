@@ -5,6 +5,7 @@ import dataclasses
 from actors.shard import OrderShard
 from actors.store import KeyTaken
 from channels.base import ChannelResult, NotSent, Notification, OutcomeUnknown
+from channels.routing import ChannelsBusy, NoChannel as NoChannelFits
 from core.errors import Unavailable
 from core.order import CreateOrder, Order
 from core.settings import load_settings
@@ -51,6 +52,9 @@ class ScriptedChannel:
     """Scripted charge/query/cancel answers; counts every call."""
 
     def __init__(self, charge_delay_s=0.0):
+        self.routes = ["alipay"]             # what route() answers for a routed order
+        self.by_channel: dict[str, str] = {}  # channel -> charge behaviour (else charge_behaviour)
+        self.charged_on: list[str] = []       # channel of every charge, in order
         self.charges: list[str] = []
         self.queries: list[str] = []
         self.cancels: list[str] = []
@@ -58,10 +62,24 @@ class ScriptedChannel:
         self.query_fact = Fact.PAID
         self.charge_behaviour = "paid"
 
+    def route(self, payment, exclude=()):
+        if self.routes == "none":
+            raise NoChannelFits("nothing takes it")
+        if self.routes == "busy":
+            raise ChannelsBusy("all open")
+        return [c for c in self.routes if c not in exclude]
+
+    def stats(self):
+        return {"routing": {}}
+
     async def charge(self, channel, req):
         self.charges.append(req.order_id)
+        self.charged_on.append(channel)
         await asyncio.sleep(1.0 if req.amount % 100 == 99 else self.charge_delay_s)
-        b = self.charge_behaviour
+        b = self.by_channel.get(channel, self.charge_behaviour)
+        if b == "prepay":
+            return ChannelResult(Fact.WAITING, channel_trade_no="wx-prepay",
+                                 pay_data={"prepay_id": "wx201410272009395522657a690389285100"})
         if b == "paid":
             return ChannelResult(Fact.PAID, channel_trade_no="T-" + req.order_id[-6:],
                                  amount=req.amount)
@@ -299,3 +317,122 @@ async def test_a_notification_during_a_slow_charge_answers_the_client_at_once():
     [r] = await pending
     assert r["http"] == 200 and r["order"]["resolved_by"] == "notify"
     assert loop.time() - t0 < 0.5
+
+
+# ---- routing and failover ------------------------------------------------------------------
+
+def routed(key="r1", amount=600, **kw):
+    return dataclasses.replace(cmd(key, amount, **kw), channel="", payment_type="card",
+                               auth_code="", payment_token="pm_card_visa", currency="USD")
+
+
+class SpyStore(MemStore):
+    """Remembers which channel the stored record named at each commit."""
+
+    def __init__(self):
+        super().__init__()
+        self.channels_committed: list[str] = []
+
+    async def commit(self, order, *, new=False):
+        await super().commit(order, new=new)
+        self.channels_committed.append(order.channel)
+
+
+async def test_routed_order_fails_over_after_a_decline_and_commits_the_move_first():
+    store, ch = SpyStore(), ScriptedChannel()
+    ch.routes = ["stripe", "paypal"]
+    ch.by_channel = {"stripe": "declined", "paypal": "paid"}
+    sh = shard(store, ch)
+    [reply] = await sh.submit([routed()])
+    o = reply["order"]
+    assert (reply["http"], o["status"], o["channel"], o["tried_channels"]) == (
+        200, "SUCCEEDED", "paypal", ["stripe"])
+    assert ch.charged_on == ["stripe", "paypal"]
+    # created on stripe, moved to paypal (durably) before paypal was charged, then paid
+    assert store.channels_committed == ["stripe", "paypal", "paypal"]
+    assert store.records[o["order_id"]].routed is True
+    assert (await sh.stats())["failovers"] == 1
+
+
+async def test_not_sent_fails_over_too():
+    ch = ScriptedChannel()
+    ch.routes = ["stripe", "paypal"]
+    ch.by_channel = {"stripe": "not_sent", "paypal": "paid"}
+    [reply] = await shard(channel=ch).submit([routed()])
+    assert (reply["order"]["status"], reply["order"]["channel"]) == ("SUCCEEDED", "paypal")
+
+
+async def test_unknown_outcome_is_never_failed_over():
+    ch = ScriptedChannel()
+    ch.routes = ["stripe", "paypal"]
+    ch.by_channel = {"stripe": "unknown", "paypal": "paid"}
+    ch.query_fact = Fact.PAID
+    sh = shard(channel=ch)
+    [reply] = await sh.submit([routed()])
+    assert ch.charged_on == ["stripe"]
+    paid = await wait_for_status(sh, reply["order"]["order_id"], "SUCCEEDED")
+    assert (paid["channel"], paid["resolved_by"], "tried_channels" in paid) == (
+        "stripe", "query", False)
+    assert ch.charged_on == ["stripe"]
+
+
+async def test_a_named_channel_is_never_failed_over():
+    ch = ScriptedChannel()
+    ch.routes = ["alipay", "wechatpay"]
+    ch.charge_behaviour = "declined"
+    [reply] = await shard(channel=ch).submit([cmd()])
+    assert (reply["order"]["status"], ch.charged_on) == ("FAILED", ["alipay"])
+
+
+async def test_every_candidate_declining_fails_the_order_with_the_last_reason():
+    ch = ScriptedChannel()
+    ch.routes = ["stripe", "paypal", "unionpay"]
+    ch.charge_behaviour = "declined"
+    [reply] = await shard(channel=ch).submit([routed()])
+    o = reply["order"]
+    assert (o["status"], o["channel"], o["tried_channels"]) == (
+        "FAILED", "unionpay", ["stripe", "paypal"])
+    assert ch.charged_on == ["stripe", "paypal", "unionpay"]
+
+
+async def test_no_fitting_channel_is_422_and_busy_is_503_and_nothing_is_stored():
+    store, ch = MemStore(), ScriptedChannel()
+    sh = shard(store, ch)
+    ch.routes = "none"
+    [reply] = await sh.submit([routed("n1")])
+    assert reply["error"] == "no_channel"
+    ch.routes = "busy"
+    [reply] = await sh.submit([routed("n2")])
+    assert (reply["error"], reply["retry_after_s"]) == ("unavailable", 1)
+    assert store.records == {} and ch.charges == []
+
+
+async def test_notification_from_a_channel_the_order_left_changes_nothing():
+    ch = ScriptedChannel()
+    ch.routes = ["stripe", "paypal"]
+    ch.by_channel = {"stripe": "declined", "paypal": "waiting"}
+    ch.query_fact = Fact.WAITING
+    sh = shard(channel=ch)
+    [reply] = await sh.submit([routed()])
+    oid = reply["order"]["order_id"]
+    stale = Notification(oid, Fact.PAID, "pi_1", 600, "USD", "evt_1", "succeeded",
+                         channel="stripe")
+    assert await sh.notify(stale) is True
+    assert (await sh.get("demo-app", oid))["status"] == "PENDING"
+    assert (await sh.stats())["stale_channel_notifies"] == 1
+    fresh = dataclasses.replace(stale, channel="paypal", channel_trade_no="CAP-1")
+    assert await sh.notify(fresh) is True
+    assert (await sh.get("demo-app", oid))["status"] == "SUCCEEDED"
+
+
+async def test_prepay_data_is_kept_and_shown():
+    ch = ScriptedChannel()
+    ch.charge_behaviour = "prepay"
+    ch.query_fact = Fact.WAITING
+    sh = shard(channel=ch)
+    [reply] = await sh.submit([dataclasses.replace(cmd("p1"), channel="wechatpay",
+                                                   payment_type="app", auth_code="")])
+    o = reply["order"]
+    assert (reply["http"], o["status"]) == (202, "PENDING")
+    assert o["pay_data"] == {"prepay_id": "wx201410272009395522657a690389285100"}
+    assert (await sh.get("demo-app", o["order_id"]))["channel_trade_no"] == "wx-prepay"

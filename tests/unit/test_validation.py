@@ -26,7 +26,7 @@ GOOD: dict[str, Any] = {
 
 def parse(body: dict[str, Any] | bytes) -> Any:
     raw = body if isinstance(body, bytes) else orjson.dumps(body)
-    return parse_create_order("demo-app", raw, CHANNELS, "sandbox")
+    return parse_create_order("demo-app", raw, CHANNELS)
 
 
 def with_(**changes: Any) -> dict[str, Any]:
@@ -57,13 +57,20 @@ def test_good_body_gives_create_order() -> None:
         "28763443825664394", "https://merchant.example/notify")
 
 
-def test_minimal_app_payment_takes_default_channel() -> None:
+def test_minimal_app_payment_is_routed() -> None:
     body = {"out_trade_no": "a_B-9", "user_id": "用户42", "amount": AMOUNT_MINOR_MAX,
             "currency": "JPY", "subject": "礼包", "payment": {"type": "app"}}
     cmd = parse(body)
-    assert (cmd.channel, cmd.payment_type, cmd.auth_code, cmd.notify_url) == (
-        "sandbox", "app", "", "")
+    assert (cmd.channel, cmd.payment_type, cmd.auth_code, cmd.notify_url) == ("", "app", "", "")
     assert cmd.amount == AMOUNT_MINOR_MAX
+
+
+def test_card_payment_carries_its_token_and_country() -> None:
+    cmd = parse(with_(channel=DROP, payment={"type": "card", "token": "pm_card_visa"},
+                      currency="USD", country="US"))
+    assert (cmd.channel, cmd.payment_type, cmd.payment_token, cmd.country, cmd.auth_code) == (
+        "", "card", "pm_card_visa", "US", "")
+    assert "pm_card_visa" not in repr(cmd)
 
 
 def test_ipv6_and_http_url_accepted() -> None:
@@ -110,7 +117,15 @@ BAD_FIELDS: list[tuple[str, dict[str, Any], str]] = [
     ("payment missing", with_(payment=DROP), "payment"),
     ("payment string", with_(payment="barcode"), "payment"),
     ("payment null", with_(payment=None), "payment"),
-    ("payment type unknown", with_(payment={"type": "card"}), "payment.type"),
+    ("payment type unknown", with_(payment={"type": "cash"}), "payment.type"),
+    ("card without token", with_(payment={"type": "card"}), "payment.token"),
+    ("card token with spaces", with_(payment={"type": "card", "token": "pm card"}),
+     "payment.token"),
+    ("card with auth_code", with_(payment={"type": "card", "token": "pm_1",
+                                           "auth_code": "28763443825664394"}),
+     "payment.auth_code"),
+    ("country lower case", with_(country="cn"), "country"),
+    ("country three letters", with_(country="CHN"), "country"),
     ("payment type missing", with_(payment={"auth_code": "28763443825664394"}), "payment.type"),
     ("barcode without code", with_(payment={"type": "barcode"}), "payment.auth_code"),
     ("auth_code 9 digits", with_(payment={"type": "barcode", "auth_code": "123456789"}),
