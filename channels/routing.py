@@ -12,7 +12,8 @@ could not be sent. Choosing works the way auth-rate routing does in hyperswitch:
    ``min_samples`` attempts in the window (unless that would eliminate every eligible channel);
 3. ranked by score = success rate - mean latency / ``latency_weight_ms`` (a channel with fewer
    than ``min_samples`` attempts scores as fully successful, so new and recovering channels get
-   traffic), ties broken by ``fallback_order``;
+   traffic); scores within ``tie_margin_pct`` points of the best count as ties, broken by
+   ``fallback_order`` (so a few milliseconds of latency do not flip a stable choice);
 4. explored: with probability ``exploration_pct`` % the best channel swaps places with a random
    other eligible (not eliminated) one, so an eliminated channel's recovery is noticed through
    the half-open breaker and exploration keeps the ranking honest.
@@ -176,6 +177,7 @@ class RoutingPolicy:
     exploration_pct: float = 5
     elimination_success_pct: float = 50
     latency_weight_ms: float = 2000
+    tie_margin_pct: float = 2
     fallback_order: tuple[str, ...] = ()
     breaker_failures: int = 5
     breaker_open_ms: int = 10_000
@@ -262,7 +264,11 @@ class Router:
         scored = {n: self._score(n, now) for n in ready}
         kept = {n: score for n, score in scored.items() if score is not None}
         if kept:
-            pool = sorted(kept, key=lambda n: (-kept[n], self._rank[n]))
+            best = max(kept.values())
+            near = [n for n in kept if kept[n] >= best - self.policy.tie_margin_pct / 100]
+            far = [n for n in kept if n not in near]
+            pool = (sorted(near, key=lambda n: self._rank[n])
+                    + sorted(far, key=lambda n: (-kept[n], self._rank[n])))
         else:                              # every one eliminated: rank them all by fallback
             pool = sorted(ready, key=lambda n: self._rank[n])
         if len(pool) > 1 and self._rng.random() * 100 < self.policy.exploration_pct:
@@ -313,7 +319,7 @@ def policy_from_settings(r: RoutingSettings, shard_count: int) -> RoutingPolicy:
     return RoutingPolicy(
         window_s=r.window_s, window_buckets=r.window_buckets, min_samples=r.min_samples,
         exploration_pct=r.exploration_pct, elimination_success_pct=r.elimination_success_pct,
-        latency_weight_ms=r.latency_weight_ms,
+        latency_weight_ms=r.latency_weight_ms, tie_margin_pct=r.tie_margin_pct,
         fallback_order=tuple(c for c in r.fallback_order.split(",") if c),
         breaker_failures=r.breaker_failures, breaker_open_ms=r.breaker_open_ms,
         failovers_max=r.failovers_max, qps_share=1.0 / max(1, shard_count))

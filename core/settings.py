@@ -179,6 +179,7 @@ class RoutingSettings:
     exploration_pct: int = 5           # share of orders sent to a non-best eligible channel
     elimination_success_pct: int = 50  # below this success rate a channel is not chosen
     latency_weight_ms: int = 2000      # a channel this much slower loses as much as 100% success
+    tie_margin_pct: int = 2            # scores this close to the best are ties: fallback order
     fallback_order: str = "alipay,wechatpay,qpay,stripe,unionpay,paypal"
     breaker_failures: int = 5          # consecutive unknown outcomes / not-sent that open it
     breaker_open_ms: int = 10_000      # then one probe call is let through (half-open)

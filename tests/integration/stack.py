@@ -24,6 +24,10 @@ TEST_ORDERS = {"sync_deadline_ms": 500, "query_first_delay_ms": 1500, "query_int
                "scheduler_tick_ms": 20}
 
 
+# A short routing window so that tests/integration/test_routing.py sees shifts in seconds.
+TEST_ROUTING = {"window_s": 6, "window_buckets": 6, "min_samples": 10, "breaker_open_ms": 2000}
+
+
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     tree: dict[str, Any] = {
         "data_dir": str(data_dir),
@@ -32,6 +36,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "gateway": {"port": free_port()},
         "ray": {"namespace": f"paycelltest{os.getpid()}"},
         "orders": dict(TEST_ORDERS),
+        "routing": dict(TEST_ROUTING),
     }
     for k, v in overrides.items():
         tree[k] = {**tree.get(k, {}), **v} if isinstance(v, dict) else v

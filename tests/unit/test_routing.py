@@ -30,6 +30,7 @@ class Clock:
 def _router(caps: dict[str, Capabilities], clock: Clock | None = None, seed: int = 1,
             **policy: object) -> Router:
     base = dict(window_s=60, window_buckets=12, min_samples=10, exploration_pct=0,
+                tie_margin_pct=2,
                 elimination_success_pct=50, latency_weight_ms=2000,
                 fallback_order=("stripe", "paypal", "unionpay"), breaker_failures=3,
                 breaker_open_ms=5000, failovers_max=2)
@@ -82,6 +83,10 @@ def test_cold_channels_count_as_healthy_and_latency_breaks_ties() -> None:
     _feed(r, "stripe", 10, Attempt.SUCCESS, latency_ms=900)
     _feed(r, "paypal", 10, Attempt.SUCCESS, latency_ms=100)
     assert r.candidates(USD)[0] == "paypal"     # same success, 800 ms faster
+    r3 = _router({"stripe": CARD_USD, "paypal": CARD_USD})
+    _feed(r3, "stripe", 10, Attempt.SUCCESS, latency_ms=130)
+    _feed(r3, "paypal", 10, Attempt.SUCCESS, latency_ms=100)
+    assert r3.candidates(USD) == ["stripe", "paypal"]   # 30 ms is within the tie margin
     r2 = _router({"stripe": CARD_USD, "paypal": CARD_USD})
     _feed(r2, "stripe", 9, Attempt.DECLINED)    # under min_samples: not judged yet
     assert r2.candidates(USD)[0] == "stripe"
