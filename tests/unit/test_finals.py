@@ -31,3 +31,19 @@ def test_pending_and_failed_orders_are_not_remembered_and_the_cache_is_bounded()
     assert not f.repeats_known_final(dataclasses.replace(NOTE, order_id="P0"))
     assert f.repeats_known_final(dataclasses.replace(NOTE, order_id="P4"))
     assert FinalOrders(0).repeats_known_final(NOTE) is False
+
+
+def test_refund_notes_and_notes_from_another_channel_are_not_duplicates() -> None:
+    import dataclasses
+    from channels.base import Notification, NotificationKind
+    from core.states import Fact
+    from gateway.finals import FinalOrders
+    f = FinalOrders(10)
+    f.remember({"order_id": "o1", "status": "SUCCEEDED", "amount": 600, "currency": "CNY",
+                "channel_trade_no": "T1", "channel": "alipay"})
+    paid = Notification("o1", Fact.PAID, "T1", 600, "CNY", "n1", "TRADE_SUCCESS",
+                        channel="alipay")
+    assert f.repeats_known_final(paid)
+    assert not f.repeats_known_final(dataclasses.replace(paid, channel="wechatpay"))
+    assert not f.repeats_known_final(dataclasses.replace(paid, kind=NotificationKind.REFUND,
+                                                         refund_id="r1"))
