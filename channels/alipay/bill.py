@@ -102,7 +102,7 @@ def detail_csv(archive: bytes) -> str:
                 raise ProtocolError("alipay bill file too large")
             with zf.open(details[0]) as f:
                 raw = f.read(BILL_CSV_MAX_BYTES + 1)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError):
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, UnicodeDecodeError):
         raise ProtocolError("alipay bill is not a readable ZIP") from None
     if len(raw) > BILL_CSV_MAX_BYTES:
         raise ProtocolError("alipay bill file too large")
