@@ -108,6 +108,9 @@ class AlipaySettings:
     alipay_public_key_path: str = str(KEYS_DIR / "alipay_platform_public.pem")
     call_timeout_ms: int = 5000        # one HTTP call to the channel
     connections_max: int = 1024        # per shard: slow calls hold connections; size for them
+    # Hosts besides the gateway's own that bill_download_url may name (comma-separated
+    # "host[:port]"; production: "dwbillcenter.alipay.com"). Any other host is refused (SSRF).
+    bill_download_hosts: str = ""
 
 
 @dataclass(frozen=True)

@@ -12,18 +12,39 @@ Result codes of alipay.trade.pay and what they prove about the money:
                                                              -> OutcomeUnknown (query first)
   40001 / 40002       the gateway refused the request        -> Fact.DECLINED (nothing charged)
   20000 and anything else                                    -> OutcomeUnknown
+
+alipay.trade.refund (idempotent on out_request_no = paycell's refund id):
+  10000 fund_change "Y"     money went back by this request       -> RefundStatus.SUCCEEDED
+  10000 fund_change "N"/none no money moved by THIS request: a repeat of a refund already done, or
+                            one still being processed. Alipay says to confirm by
+                            alipay.trade.fastpay.refund.query  -> RefundStatus.PENDING here; the
+                            connector runs that query at once, so a retry of a done refund comes
+                            back SUCCEEDED (never read as a failure)
+  40004 + a sub_code in REFUND_REFUSED_SUB_CODES (amount too large, not refundable, status)
+                                                             -> RefundStatus.FAILED + failure_code
+  40001 / 40002 the gateway refused the request (nothing done) -> RefundStatus.FAILED
+  20000, 40004 ACQ.SYSTEM_ERROR, ACQ.DISCORDANT_REPEAT_REQUEST (the number is taken by another
+  refund: only a query tells its state), unknown sub_codes    -> OutcomeUnknown
+
+alipay.trade.fastpay.refund.query: "10000" only says the query ran. refund_status REFUND_SUCCESS
+-> SUCCEEDED with refund_amount; no refund data at all (no refund_status, no refund_amount) -> the
+refund is not (yet) known: exists=False, PENDING (Alipay: a query too soon after the refund may not
+see it yet; resend the refund with the same out_request_no, which is safe). 40004
+ACQ.TRADE_NOT_EXIST -> exists=False as well (no trade, so no refund).
 """
 from __future__ import annotations
 
 import urllib.parse
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any, Mapping
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
 from channels.alipay import signing
-from channels.base import ChannelResult, ChargeRequest, Notification, OutcomeUnknown, ProtocolError
+from channels.base import (ChannelError, ChannelResult, ChargeRequest, Notification, NotificationKind,
+                           OutcomeUnknown, ProtocolError, RefundRequest, RefundResult,
+                           RefundStatus)
 from core.money import decimal_str_to_minor, minor_to_decimal_str
 from core.states import Fact
 
@@ -38,6 +59,10 @@ SUBJECT_MAX_CHARS = 256
 METHOD_PAY = "alipay.trade.pay"
 METHOD_QUERY = "alipay.trade.query"
 METHOD_CANCEL = "alipay.trade.cancel"
+METHOD_REFUND = "alipay.trade.refund"
+METHOD_REFUND_QUERY = "alipay.trade.fastpay.refund.query"
+METHOD_BILL_URL = "alipay.data.dataservice.bill.downloadurl.query"
+REFUND_REASON_MAX_CHARS = 256
 COMMON_KEYS = frozenset({"app_id", "method", "format", "charset", "sign_type", "sign", "timestamp",
                          "version", "notify_url", "return_url", "app_auth_token", "auth_token",
                          "encrypt_type"})
@@ -62,6 +87,22 @@ DECLINE_SUB_CODES = frozenset({
 })
 SUB_CODE_TRADE_HAS_CLOSE = "ACQ.TRADE_HAS_CLOSE"
 SUB_CODE_TRADE_NOT_EXIST = "ACQ.TRADE_NOT_EXIST"
+
+# 40004 sub_codes of alipay.trade.refund that prove the refund request moved no money and will not.
+REFUND_REFUSED_SUB_CODES = frozenset({
+    "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL",    # a partial refund without out_request_no
+    "ACQ.REASON_TRADE_REFUND_FEE_ERR",   # the amount is more than what is left to refund
+    "ACQ.TRADE_NOT_ALLOW_REFUND",        # not refundable (window over, product rules)
+    "ACQ.TRADE_STATUS_ERROR",            # the trade is not paid (closed, waiting)
+    "ACQ.TRADE_HAS_FINISHED",            # TRADE_FINISHED: the refund window is over
+    "ACQ.TRADE_NOT_EXIST",
+    "ACQ.SELLER_BALANCE_NOT_ENOUGH",     # the merchant's balance cannot cover it
+    "ACQ.REASON_TRADE_BEEN_FREEZEN",     # the trade is frozen
+    "ACQ.INVALID_PARAMETER",
+    "ACQ.ACCESS_FORBIDDEN",
+})
+FUND_CHANGED = "Y"
+REFUND_SUCCESS = "REFUND_SUCCESS"
 
 STATUS_FACTS: dict[str, Fact] = {
     "TRADE_SUCCESS": Fact.PAID,
@@ -131,6 +172,32 @@ def query_params(app_id: str, order_id: str, now: datetime) -> dict[str, str]:
 
 def cancel_params(app_id: str, order_id: str, now: datetime) -> dict[str, str]:
     return _with_biz(common_params(app_id, METHOD_CANCEL, now), {"out_trade_no": order_id})
+
+
+def refund_params(app_id: str, req: RefundRequest, now: datetime) -> dict[str, str]:
+    """Unsigned params of alipay.trade.refund. out_request_no is paycell's refund id: sent on
+    every refund, full or partial, so a retry is the same refund (Alipay's idempotency key).
+    The refund's notification goes to the payment's notify_url (Alipay has no per-refund URL)."""
+    assert req.currency == CURRENCY, req.currency
+    assert 0 < req.amount and req.refund_id, (req.amount, req.refund_id)
+    biz = {"out_trade_no": req.order_id, "refund_amount": fen_to_yuan(req.amount),
+           "out_request_no": req.refund_id}
+    if req.reason:
+        biz["refund_reason"] = req.reason[:REFUND_REASON_MAX_CHARS]
+    return _with_biz(common_params(app_id, METHOD_REFUND, now), biz)
+
+
+def refund_query_params(app_id: str, order_id: str, refund_id: str,
+                        now: datetime) -> dict[str, str]:
+    biz = {"out_trade_no": order_id, "out_request_no": refund_id,
+           "query_options": ["gmt_refund_pay"]}
+    return _with_biz(common_params(app_id, METHOD_REFUND_QUERY, now), biz)
+
+
+def bill_url_params(app_id: str, day: date, now: datetime) -> dict[str, str]:
+    """alipay.data.dataservice.bill.downloadurl.query for the day's trade bill (业务明细)."""
+    biz = {"bill_type": "trade", "bill_date": day.strftime("%Y-%m-%d")}
+    return _with_biz(common_params(app_id, METHOD_BILL_URL, now), biz)
 
 
 def split_for_wire(signed: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
@@ -214,6 +281,113 @@ def map_cancel(payload: Mapping[str, Any], order_id: str) -> ChannelResult:
                          f"retry_flag={payload.get('retry_flag')}")
 
 
+# ---- refunds --------------------------------------------------------------------------------
+
+def _check_refund_ids(payload: Mapping[str, Any], req_order: str, refund_id: str) -> None:
+    _check_order(payload, req_order)
+    got = payload.get("out_request_no")
+    if got is not None and got != refund_id:
+        raise ProtocolError("alipay answered for another out_request_no")
+
+
+def map_refund(payload: Mapping[str, Any], req: RefundRequest) -> RefundResult:
+    """What an alipay.trade.refund answer says about refund `req.refund_id` (module docstring).
+
+    Its refund_fee is the trade's refunded total, not this refund's amount; a SUCCEEDED result
+    reports the amount the request asked for (Alipay confirmed that refund)."""
+    code, sub_code = payload.get("code"), str(payload.get("sub_code") or "")
+    if code == CODE_SUCCESS:
+        _check_order(payload, req.order_id)
+        if payload.get("refund_fee") is not None:
+            yuan_to_fen(payload.get("refund_fee"))          # a malformed answer is not trusted
+        fund_change = str(payload.get("fund_change") or "")
+        status = RefundStatus.SUCCEEDED if fund_change == FUND_CHANGED else RefundStatus.PENDING
+        return RefundResult(status, req.refund_id, amount=req.amount, currency=CURRENCY,
+                            raw_status=f"fund_change={fund_change or '-'}")
+    if ((code == CODE_BUSINESS_FAILED and sub_code in REFUND_REFUSED_SUB_CODES)
+            or code in (CODE_MISSING_PARAM, CODE_INVALID_PARAM)):
+        return RefundResult(RefundStatus.FAILED, req.refund_id, raw_status=_code_text(payload),
+                            failure_code=sub_code or str(code),
+                            failure_message=str(payload.get("sub_msg") or ""))
+    raise OutcomeUnknown(f"alipay.trade.refund answered {_code_text(payload)}")
+
+
+def map_refund_query(payload: Mapping[str, Any], order_id: str, refund_id: str) -> RefundResult:
+    """What alipay.trade.fastpay.refund.query says about refund `refund_id` (module docstring)."""
+    code = payload.get("code")
+    if code == CODE_BUSINESS_FAILED and payload.get("sub_code") == SUB_CODE_TRADE_NOT_EXIST:
+        return RefundResult(RefundStatus.PENDING, refund_id, raw_status=_code_text(payload),
+                            exists=False)
+    if code != CODE_SUCCESS:
+        raise OutcomeUnknown(f"alipay.trade.fastpay.refund.query answered {_code_text(payload)}")
+    _check_refund_ids(payload, order_id, refund_id)
+    status, amount = payload.get("refund_status"), payload.get("refund_amount")
+    if status is None and amount is None:
+        return RefundResult(RefundStatus.PENDING, refund_id, raw_status="NOT_FOUND", exists=False)
+    if status == REFUND_SUCCESS:
+        return RefundResult(RefundStatus.SUCCEEDED, refund_id, amount=yuan_to_fen(amount),
+                            currency=CURRENCY, raw_status=REFUND_SUCCESS)
+    if status is None:
+        # refund data without refund_status: the current docs say "not received or failed",
+        # older ones "data means success"; neither proves money moved or will not: query again.
+        return RefundResult(RefundStatus.PENDING, refund_id, amount=yuan_to_fen(amount),
+                            currency=CURRENCY, raw_status="NO_REFUND_STATUS")
+    raise ProtocolError("alipay.trade.fastpay.refund.query: unknown refund_status")
+
+
+# ---- bill -----------------------------------------------------------------------------------
+
+SUB_CODE_BILL_NOT_EXIST = "isp.bill_not_exist"
+
+
+class BillNotReady(ChannelError):
+    """Alipay has no bill for that day (yet): daily bills are ready from about 10:00 next day."""
+    code = "channel_bill_not_ready"
+
+
+def map_bill_url(payload: Mapping[str, Any], allowed_hosts: frozenset[str]) -> str:
+    """The bill_download_url of an answer, checked to point at an allowed host.
+
+    The URL comes from the channel's (signed) answer, but the connector still fetches only from
+    the hosts it was configured with (its gateway's host plus any bill host named in settings):
+    a URL naming any other host, scheme, credentials or an odd port is a ProtocolError, so a
+    bad answer can never make paycell fetch an internal address (SSRF)."""
+    code = payload.get("code")
+    if code == CODE_BUSINESS_FAILED and payload.get("sub_code") == SUB_CODE_BILL_NOT_EXIST:
+        raise BillNotReady(f"alipay has no such bill: {_code_text(payload)}")
+    if code != CODE_SUCCESS:
+        raise OutcomeUnknown(f"{METHOD_BILL_URL} answered {_code_text(payload)}")
+    url = payload.get("bill_download_url")
+    if not isinstance(url, str) or not url:
+        raise ProtocolError("alipay bill answer without bill_download_url")
+    check_download_url(url, allowed_hosts)
+    return url
+
+
+def check_download_url(url: str, allowed_hosts: frozenset[str]) -> None:
+    """ProtocolError unless `url` is plain http(s) to one of `allowed_hosts` ("host" or
+    "host:port", lower case)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ProtocolError("alipay bill_download_url is malformed") from None
+    host = (parts.hostname or "").lower()
+    netloc = f"{host}:{port}" if port is not None else host
+    if (parts.scheme not in ("http", "https") or parts.username is not None
+            or parts.password is not None or not host or netloc not in allowed_hosts):
+        raise ProtocolError("alipay bill_download_url points outside the allowed hosts")
+
+
+def allowed_bill_hosts(gateway_url: str, extra_hosts: str = "") -> frozenset[str]:
+    """The gateway's own host (with its port, if any) plus comma-separated extra hosts."""
+    parts = urllib.parse.urlsplit(gateway_url)
+    host = (parts.hostname or "").lower()
+    own = f"{host}:{parts.port}" if parts.port is not None else host
+    extra = {h.strip().lower() for h in extra_hosts.split(",") if h.strip()}
+    return frozenset({own} | extra)
+
+
 # ---- notifications --------------------------------------------------------------------------
 
 def parse_form(body: bytes) -> dict[str, str]:
@@ -233,7 +407,16 @@ def parse_form(body: bytes) -> dict[str, str]:
 
 def map_notification(form: Mapping[str, str], app_id: str,
                      alipay_public_key: RSAPublicKey) -> Notification:
-    """A verified notification; ProtocolError for a bad signature, another app or bad fields."""
+    """A verified notification; ProtocolError for a bad signature, another app or bad fields.
+
+    Alipay reports a refund with the same trade_status_sync message, carrying the refund's
+    out_biz_no (= out_request_no), gmt_refund and refund_fee; trade_status stays TRADE_SUCCESS
+    after a partial refund and becomes TRADE_CLOSED when the trade is wholly refunded. A form
+    with out_biz_no is therefore a REFUND notification (fact PAID: the trade was paid), never a
+    "closed unpaid" one. refund_fee is the trade's refunded TOTAL, so the notification does not
+    say this refund's own amount: refund_amount is left None (paycell knows the amount it asked
+    for; a refund query returns it).
+    """
     if not signing.verify_notification(form, alipay_public_key):
         raise ProtocolError("alipay notification signature does not verify")
     if form.get("app_id") != app_id:
@@ -244,5 +427,15 @@ def map_notification(form: Mapping[str, str], app_id: str,
     if fact is None or not order_id or not notify_id:
         raise ProtocolError("alipay notification lacks trade_status, out_trade_no or notify_id")
     amount = yuan_to_fen(form["total_amount"]) if form.get("total_amount") else None
-    return Notification(order_id, fact, form.get("trade_no", ""), amount, CURRENCY,
-                        notify_id, status)
+    refund_id = form.get("out_biz_no", "")
+    if not refund_id:
+        return Notification(order_id, fact, form.get("trade_no", ""), amount, CURRENCY,
+                            notify_id, status)
+    if fact is Fact.WAITING:
+        raise ProtocolError("alipay refund notification for an unpaid trade")
+    refunded_total = yuan_to_fen(form.get("refund_fee"))
+    if amount is not None and refunded_total > amount:
+        raise ProtocolError("alipay refund notification refunds more than the trade")
+    return Notification(order_id, Fact.PAID, form.get("trade_no", ""), amount, CURRENCY,
+                        notify_id, status, kind=NotificationKind.REFUND, refund_id=refund_id,
+                        refund_status=RefundStatus.SUCCEEDED, refund_amount=None)

@@ -13,6 +13,18 @@ closed -> 40004 ACQ.TRADE_HAS_CLOSE; another amount -> 40004 ACQ.CONTEXT_INCONSI
 alipay.trade.cancel refunds a paid trade (action "refund"), closes a waiting one (action "close",
 with a TRADE_CLOSED notification) and records an unknown out_trade_no as closed (action "close"),
 so that a late pay for it is refused: cancel fences the trade number.
+
+Refunds (alipay.trade.refund, idempotent on out_request_no; a repeat answers fund_change "N"),
+alipay.trade.fastpay.refund.query and refund notifications (trade_status_sync with out_biz_no,
+refund_fee as the refunded total, gmt_refund; TRADE_CLOSED once wholly refunded) follow
+channels.sandbox.methods. The bill: alipay.data.dataservice.bill.downloadurl.query answers a
+``.../downloadBillFile.resource?...&token=...`` URL next to the gateway.do that was called,
+valid 30 s; a GET of it (unsigned, as at Alipay) returns the ZIP of GBK CSV files rendered by
+channels.sandbox.alipay_bill; an unknown or expired token gets Alipay's "下载超时，请重新下载"
+page instead of the file.
+
+Protocol followed: Alipay Open Platform gateway API version 1.0 (alipay-sdk-python's wire format,
+RSA2); deviations are listed in channels.sandbox.alipay_bill (bill) and the notes above.
 """
 from __future__ import annotations
 
@@ -25,7 +37,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
 from channels.alipay import signing, transformers as tf
-from channels.sandbox import keyring, replies as r
+from channels.sandbox import alipay_bill, keyring, replies as r
 from channels.sandbox.engine import SANDBOX, ChannelSandbox, Event, SandboxConfig
 from channels.sandbox.ledger import Refund, Trade, TradeStatus
 from channels.sandbox.replies import trade_status
@@ -50,11 +62,14 @@ class AlipaySandbox(ChannelSandbox):
     def __init__(self, config: SandboxConfig, app_id: str = APP_ID) -> None:
         super().__init__(config)
         self.app_id = app_id
+        self.seller_id = SELLER_ID
+        self.bill_tokens = alipay_bill.BillTokens()
         self.app_public_key: RSAPublicKey = keyring.public_key("alipay_app_public.pem")
         self.platform_key: RSAPrivateKey = keyring.private_key("alipay_platform_private.pem")
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post("/gateway.do", gateway)
+        app.router.add_get(alipay_bill.DOWNLOAD_PATH, download_bill)
 
     def answer(self, method: str, payload: dict[str, Any]) -> web.Response:
         body = signing.build_response(method, payload, self.platform_key)
@@ -97,6 +112,20 @@ def notify_form(trade: Trade, app_id: str, notify_id: str, now: datetime,
         if refund.finished:
             form["gmt_refund"] = tf.alipay_timestamp(refund.finished)
     return signing.sign_notification(form, private_key)
+
+
+async def download_bill(request: web.Request) -> web.StreamResponse:
+    """GET of a bill_download_url: the ZIP while the token is valid, else Alipay's timeout page."""
+    sb = request.app[SANDBOX]
+    assert isinstance(sb, AlipaySandbox)
+    day = sb.bill_tokens.day_for(request.query.get("token", ""))
+    if day is None:
+        return web.Response(body=alipay_bill.EXPIRED_PAGE, content_type="text/html",
+                            charset="utf-8")
+    body = alipay_bill.render_zip(sb.ledger, sb.seller_id, day, sb.now())
+    name = f"{alipay_bill.file_stem(sb.seller_id, day)}.csv.zip"
+    return web.Response(body=body, content_type="application/octet-stream",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
 
 # ---- request checks -------------------------------------------------------------------------

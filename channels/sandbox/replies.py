@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import Any
 
 from channels.alipay import transformers as tf
-from channels.sandbox.ledger import Trade, TradeStatus
+from channels.sandbox.ledger import Refund, RefundState, Trade, TradeStatus
 
 BUYER_LOGON_ID = "159****5620"
 BUYER_USER_ID = "2088102146225135"
@@ -82,3 +82,37 @@ def cancelled(trade: Trade, action: str, now: datetime) -> dict[str, Any]:
         out["gmt_refund_pay"] = tf.alipay_timestamp(now)
         out["refund_settlement_id"] = trade.trade_no
     return out
+
+
+def refunded(trade: Trade, refund: Refund, fund_change: bool) -> dict[str, Any]:
+    """alipay.trade.refund's success: fund_change "Y" only when this request moved the money;
+    refund_fee is the trade's refunded total so far (Alipay's meaning)."""
+    out = {"code": tf.CODE_SUCCESS, "msg": "Success", "trade_no": trade.trade_no,
+           "out_trade_no": trade.out_trade_no, "buyer_logon_id": BUYER_LOGON_ID,
+           "buyer_user_id": BUYER_USER_ID, "fund_change": "Y" if fund_change else "N",
+           "refund_fee": tf.fen_to_yuan(trade.refunded_amount)}
+    if fund_change:
+        out["send_back_fee"] = tf.fen_to_yuan(refund.amount)
+    if refund.finished is not None:
+        out["gmt_refund_pay"] = tf.alipay_timestamp(refund.finished)
+    return out
+
+
+def refund_queried(trade: Trade, out_request_no: str, refund: Refund | None,
+                   options: frozenset[str]) -> dict[str, Any]:
+    """alipay.trade.fastpay.refund.query: the refund's data only when it succeeded; an unknown
+    or unfinished refund answers 10000 without refund_amount / refund_status."""
+    out: dict[str, Any] = {"code": tf.CODE_SUCCESS, "msg": "Success",
+                           "trade_no": trade.trade_no, "out_trade_no": trade.out_trade_no,
+                           "out_request_no": out_request_no}
+    if refund is None or refund.state is not RefundState.SUCCESS:
+        return out
+    out.update(total_amount=tf.fen_to_yuan(trade.total_amount),
+               refund_amount=tf.fen_to_yuan(refund.amount), refund_status=tf.REFUND_SUCCESS)
+    if "gmt_refund_pay" in options and refund.finished is not None:
+        out["gmt_refund_pay"] = tf.alipay_timestamp(refund.finished)
+    return out
+
+
+def bill_url(url: str) -> dict[str, Any]:
+    return {"code": tf.CODE_SUCCESS, "msg": "Success", "bill_download_url": url}

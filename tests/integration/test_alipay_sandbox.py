@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import os
 import socket
 import subprocess
@@ -11,15 +12,18 @@ import sys
 import time
 import urllib.parse
 import uuid
+from datetime import datetime, timedelta, timezone
 from typing import Any, AsyncIterator
 
 import aiohttp
 import pytest
 from aiohttp import web
 
-from channels.alipay import signing
+from channels.alipay import bill, signing, transformers as tf
 from channels.alipay.connector import AlipayConfig, AlipayConnector
-from channels.base import ChargeRequest, NotSent, OutcomeUnknown, ProtocolError
+from channels.base import (ChargeRequest, NotificationKind, NotSent, OutcomeUnknown,
+                           ProtocolError, RefundRequest, RefundStatus, StatementKind)
+from channels.sandbox import alipay_bill
 from channels.sandbox.app import create_sandbox_app
 from channels.sandbox.engine import SandboxConfig
 from channels.sandbox.knobs import Knobs
@@ -456,3 +460,114 @@ async def test_python_m_channels_sandbox_runs_and_resets(http: aiohttp.ClientSes
             proc.kill()
             proc.wait(timeout=10)
     assert proc.returncode == 0
+
+
+# ---- refunds, refund notifications and the bill over HTTP --------------------------------------
+
+def _refund_req(req: ChargeRequest, amount: int, refund_id: str = "") -> RefundRequest:
+    return RefundRequest(req.order_id, refund_id or f"rf-{uuid.uuid4().hex[:12]}", amount,
+                         req.amount, "CNY", reason="测试退款")
+
+
+async def _raw(http: aiohttp.ClientSession, sandbox: str, params: dict[str, str]) -> dict[str, Any]:
+    """One signed call the way the SDK sends it; the verified response object."""
+    query, form = tf.split_for_wire(signing.sign_params(params, APP_KEY))
+    async with http.post(sandbox + "/gateway.do", params=query, data=form) as resp:
+        body = await resp.read()
+    return signing.open_response(body, params["method"], PLATFORM_PUB)
+
+
+async def test_refund_repeat_answers_fund_change_n_and_is_still_succeeded(
+        alipay: AlipayConnector, sandbox: str, http: aiohttp.ClientSession) -> None:
+    req = _order(0)
+    await alipay.charge(req)
+    rq = _refund_req(req, 200)
+    first = await alipay.refund(rq)
+    assert (first.status, first.amount, first.raw_status) == (RefundStatus.SUCCEEDED, 200,
+                                                              "fund_change=Y")
+    raw = await _raw(http, sandbox, tf.refund_params(APP_ID, rq, datetime.now(timezone.utc)))
+    assert (raw["code"], raw["fund_change"], raw["refund_fee"]) == ("10000", "N", "2.00")
+    again = await alipay.refund(rq)
+    assert (again.status, again.amount, again.raw_status) == (RefundStatus.SUCCEEDED, 200,
+                                                              "REFUND_SUCCESS")
+    row = await _ledger(http, sandbox, req.order_id)
+    assert (row["refunds"], row["refunded_amount"], row["refund_calls"]) == (1, 200, 3)
+
+
+async def test_refund_refusals_in_alipays_words(alipay: AlipayConnector, sandbox: str,
+                                                http: aiohttp.ClientSession) -> None:
+    paid, waiting = _order(0), _order(3)
+    await alipay.charge(paid)
+    await alipay.charge(waiting)
+    unknown = await alipay.refund(_refund_req(_order(0), 100))
+    not_paid = await alipay.refund(_refund_req(waiting, 100))
+    too_much = await alipay.refund(_refund_req(paid, paid.amount + 1))
+    assert [(r.status, r.failure_code) for r in (unknown, not_paid, too_much)] == [
+        (RefundStatus.FAILED, "ACQ.TRADE_NOT_EXIST"), (RefundStatus.FAILED, "ACQ.TRADE_STATUS_ERROR"),
+        (RefundStatus.FAILED, "ACQ.REASON_TRADE_REFUND_FEE_ERR")]
+    params = tf.refund_params(APP_ID, _refund_req(paid, 100), datetime.now(timezone.utc))
+    params["biz_content"] = json.dumps({"out_trade_no": paid.order_id, "refund_amount": "1.00"})
+    no_number = await _raw(http, sandbox, params)
+    assert no_number["sub_code"] == "ACQ.REFUND_AMT_NOT_EQUAL_TOTAL"
+    rq = _refund_req(paid, 100)
+    assert (await alipay.refund(rq)).status is RefundStatus.SUCCEEDED
+    with pytest.raises(OutcomeUnknown, match="ACQ.DISCORDANT_REPEAT_REQUEST"):
+        await alipay.refund(dataclasses.replace(rq, amount=150))
+    assert (await _ledger(http, sandbox, paid.order_id))["refunded_amount"] == 100
+
+
+async def test_delayed_refund_is_pending_then_notified(
+        alipay: AlipayConnector, sandbox: str, receiver: tuple[Receiver, str],
+        http: aiohttp.ClientSession) -> None:
+    req = _order(0)
+    await alipay.charge(req)
+    assert await _knobs(http, sandbox, refund_delay_ms=300) == 200
+    try:
+        rq = _refund_req(req, req.amount)
+        assert (await alipay.refund(rq)).status is RefundStatus.PENDING
+        queried = await alipay.refund_query(req.order_id, rq.refund_id, "CNY")
+        assert (queried.status, queried.exists) == (RefundStatus.PENDING, False)
+
+        async def done() -> bool:
+            res = await alipay.refund_query(req.order_id, rq.refund_id, "CNY")
+            return res.status is RefundStatus.SUCCEEDED and res.amount == req.amount
+        await _eventually(done)
+    finally:
+        assert await _knobs(http, sandbox, refund_delay_ms=0) == 200
+    rec, _ = receiver
+
+    async def notified() -> bool:
+        return any(f.get("out_biz_no") == rq.refund_id for f in rec.forms(req.order_id))
+    await _eventually(notified)
+    form = next(f for f in rec.forms(req.order_id) if f.get("out_biz_no") == rq.refund_id)
+    body = urllib.parse.urlencode(form).encode()
+    note = alipay.parse_notification(body, {"Content-Type": FORM})
+    assert (note.kind, note.refund_id, note.fact, note.raw_status) == (
+        NotificationKind.REFUND, rq.refund_id, Fact.PAID, "TRADE_CLOSED")
+    assert form["refund_fee"] == tf.fen_to_yuan(req.amount) and form["gmt_refund"]
+
+
+async def test_bill_download_url_expires_after_30_seconds(
+        alipay: AlipayConnector, sandbox: str, http: aiohttp.ClientSession,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    req = _order(0, yuan=77)
+    await alipay.charge(req)
+    today = datetime.now(timezone.utc).date()
+    answer = await _raw(http, sandbox, tf.bill_url_params(APP_ID, today, datetime.now(timezone.utc)))
+    url = answer["bill_download_url"]
+    assert url.startswith(sandbox + "/downloadBillFile.resource?bizType=trade&")
+    async with http.get(url) as resp:                   # unsigned, as at Alipay
+        archive = await resp.read()
+    lines = [x for x in bill.parse_bill(archive, today).lines if x.order_id == req.order_id]
+    assert [(x.kind, x.amount) for x in lines] == [(StatementKind.PAYMENT, req.amount)]
+    later = time.monotonic() + alipay_bill.BILL_URL_VALID_S + 1
+    monkeypatch.setattr(alipay_bill.time, "monotonic", lambda: later)
+    async with http.get(url) as resp:
+        assert (resp.status, await resp.read()) == (200, alipay_bill.EXPIRED_PAGE)
+    statement = await alipay.statement(today)          # a fresh URL works
+    assert any(x.order_id == req.order_id for x in statement.lines)
+    future = await _raw(http, sandbox, tf.bill_url_params(APP_ID, today + timedelta(days=2),
+                                                          datetime.now(timezone.utc)))
+    assert future["sub_code"] == "isp.bill_not_exist"
+    with pytest.raises(tf.BillNotReady):
+        await alipay.statement(today + timedelta(days=2))

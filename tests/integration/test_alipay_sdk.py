@@ -13,19 +13,35 @@ import asyncio
 import http.client
 import urllib.parse
 import uuid
+from datetime import datetime, timezone
 from typing import Any, AsyncIterator
 
 import pytest
 from aiohttp import web
 from alipay.aop.api.AlipayClientConfig import AlipayClientConfig
 from alipay.aop.api.DefaultAlipayClient import DefaultAlipayClient
+from alipay.aop.api.domain.AlipayDataDataserviceBillDownloadurlQueryModel import (
+    AlipayDataDataserviceBillDownloadurlQueryModel)
+from alipay.aop.api.domain.AlipayTradeFastpayRefundQueryModel import (
+    AlipayTradeFastpayRefundQueryModel)
 from alipay.aop.api.domain.AlipayTradePayModel import AlipayTradePayModel
 from alipay.aop.api.domain.AlipayTradeQueryModel import AlipayTradeQueryModel
+from alipay.aop.api.domain.AlipayTradeRefundModel import AlipayTradeRefundModel
 from alipay.aop.api.exception.Exception import ResponseException
+from alipay.aop.api.request.AlipayDataDataserviceBillDownloadurlQueryRequest import (
+    AlipayDataDataserviceBillDownloadurlQueryRequest)
+from alipay.aop.api.request.AlipayTradeFastpayRefundQueryRequest import (
+    AlipayTradeFastpayRefundQueryRequest)
 from alipay.aop.api.request.AlipayTradePayRequest import AlipayTradePayRequest
 from alipay.aop.api.request.AlipayTradeQueryRequest import AlipayTradeQueryRequest
+from alipay.aop.api.request.AlipayTradeRefundRequest import AlipayTradeRefundRequest
+from alipay.aop.api.response.AlipayDataDataserviceBillDownloadurlQueryResponse import (
+    AlipayDataDataserviceBillDownloadurlQueryResponse)
+from alipay.aop.api.response.AlipayTradeFastpayRefundQueryResponse import (
+    AlipayTradeFastpayRefundQueryResponse)
 from alipay.aop.api.response.AlipayTradePayResponse import AlipayTradePayResponse
 from alipay.aop.api.response.AlipayTradeQueryResponse import AlipayTradeQueryResponse
+from alipay.aop.api.response.AlipayTradeRefundResponse import AlipayTradeRefundResponse
 from alipay.aop.api.util import WebUtils
 from cryptography.hazmat.primitives import serialization
 
@@ -128,3 +144,55 @@ async def test_sdk_refuses_answers_it_cannot_verify(server_url: str) -> None:
     client = _client(server_url, alipay_public_pem="alipay_app_public.pem")
     with pytest.raises(ResponseException, match="sign verify failed"):
         await asyncio.to_thread(_query, client, "sdk-any")
+
+
+def _refund(client: DefaultAlipayClient, order_id: str, request_no: str,
+            yuan: str) -> AlipayTradeRefundResponse:
+    model = AlipayTradeRefundModel()
+    model.out_trade_no, model.out_request_no, model.refund_amount = order_id, request_no, yuan
+    model.refund_reason = "SDK 退款"
+    response = AlipayTradeRefundResponse()
+    response.parse_response_content(client.execute(AlipayTradeRefundRequest(biz_model=model)))
+    return response
+
+
+def _refund_query(client: DefaultAlipayClient, order_id: str,
+                  request_no: str) -> AlipayTradeFastpayRefundQueryResponse:
+    model = AlipayTradeFastpayRefundQueryModel()
+    model.out_trade_no, model.out_request_no = order_id, request_no
+    model.query_options = ["gmt_refund_pay"]
+    response = AlipayTradeFastpayRefundQueryResponse()
+    response.parse_response_content(
+        client.execute(AlipayTradeFastpayRefundQueryRequest(biz_model=model)))
+    return response
+
+
+def _bill_url(client: DefaultAlipayClient, day: str) -> AlipayDataDataserviceBillDownloadurlQueryResponse:
+    model = AlipayDataDataserviceBillDownloadurlQueryModel()
+    model.bill_type, model.bill_date = "trade", day
+    response = AlipayDataDataserviceBillDownloadurlQueryResponse()
+    response.parse_response_content(client.execute(
+        AlipayDataDataserviceBillDownloadurlQueryRequest(biz_model=model)))
+    return response
+
+
+async def test_sdk_refunds_queries_the_refund_and_gets_the_bill_url(server_url: str) -> None:
+    client = _client(server_url)
+    order_id = f"sdk-{uuid.uuid4().hex[:12]}"
+    await asyncio.to_thread(_pay, client, order_id, "12.00")
+    first = await asyncio.to_thread(_refund, client, order_id, "rf-1", "2.00")
+    again = await asyncio.to_thread(_refund, client, order_id, "rf-1", "2.00")
+    assert (first.code, first.fund_change, first.refund_fee) == ("10000", "Y", "2.00")
+    assert (again.code, again.fund_change, again.refund_fee) == ("10000", "N", "2.00")
+    too_much = await asyncio.to_thread(_refund, client, order_id, "rf-2", "10.01")
+    assert (too_much.code, too_much.sub_code) == ("40004", "ACQ.REASON_TRADE_REFUND_FEE_ERR")
+    found = await asyncio.to_thread(_refund_query, client, order_id, "rf-1")
+    assert (found.code, found.refund_status, found.refund_amount, found.out_request_no) == (
+        "10000", "REFUND_SUCCESS", "2.00", "rf-1")
+    assert found.gmt_refund_pay
+    missing = await asyncio.to_thread(_refund_query, client, order_id, "rf-9")
+    assert (missing.code, missing.refund_status, missing.refund_amount) == ("10000", None, None)
+    today = datetime.now(timezone.utc).date().isoformat()
+    bill_url = await asyncio.to_thread(_bill_url, client, today)
+    assert bill_url.code == "10000"
+    assert "/downloadBillFile.resource?bizType=trade&" in bill_url.bill_download_url
