@@ -95,6 +95,7 @@ class PayPalSandbox(ChannelSandbox):
         app.router.add_get(tf.TRANSACTIONS_PATH, search_transactions)
         app.router.add_post("/v1/notifications/webhooks", create_webhook)
         app.router.add_get(signing.CERTS_PATH + "{name}", get_cert)
+        app.router.add_post("/_sandbox/expire_tokens", expire_tokens)   # a control, not PayPal's
 
     # ---- ids ------------------------------------------------------------------------------------
 
@@ -487,6 +488,13 @@ async def create_webhook(request: web.Request) -> web.Response:
     doc = {"id": WEBHOOK_ID, "url": url, "event_types": (body or {}).get("event_types", []),
            "links": [v.link(sb.public_base, f"/v1/notifications/webhooks/{WEBHOOK_ID}", "self")]}
     return answer(201, doc, sb)
+
+
+async def expire_tokens(request: web.Request) -> web.Response:
+    sb = _sb(request)
+    expired = len(sb.tokens)
+    sb.expire_tokens()
+    return web.json_response({"expired": expired})
 
 
 async def get_cert(request: web.Request) -> web.Response:
