@@ -34,6 +34,8 @@ Deviations, all deliberate:
     certificate is served at PAYPAL-CERT-URL under the sandbox's own base URL; every registered
     webhook gets the app's one webhook id (WEBHOOK_ID) and events go to the latest URL.
   * Transaction Search lists a transaction at once (PayPal: up to 3 hours later).
+  * ``POST /paypal/_sandbox/expire_tokens`` (a control, not PayPal's) ends every issued token, to
+    exercise the connector's renewal after a 401.
 """
 from __future__ import annotations
 
