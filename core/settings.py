@@ -171,6 +171,16 @@ class PayPalSettings:
     client_id: str = "AYpaycellSandboxClient"
     client_secret: Secret = Secret("EFpaycellSandboxSecret0000")
     webhook_id: str = "8PT597110X687430LKGECATA"
+    # parse_notification is synchronous, so PayPal's webhook signing certificate is pinned here
+    # instead of being downloaded from PAYPAL-CERT-URL (which must still lie under the base URL).
+    webhook_cert_path: str = str(KEYS_DIR / "paypal_webhook_cert.pem")
+    vault_source: str = "card"         # payment_source kind of the vault ids: card | paypal
+    # How long PayPal keeps an Orders v2 PayPal-Request-Id (6 h by default, up to 72 h on
+    # request): past it a replay cannot prove anything, so query/cancel refuse to guess.
+    request_id_retention_s: int = 6 * 3600
+    token_refresh_margin_s: int = 300  # renew the OAuth2 token this long before it expires
+    register_webhook: bool = True      # subscribe notify_url (Webhooks Management API) once
+    connections_max: int = 1024
 
 
 @dataclass(frozen=True)

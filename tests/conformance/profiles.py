@@ -18,8 +18,12 @@ class Profile:
     payment_token: str = ""
     sends_refund_notifications: bool = True
     cancel_reverses_paid: bool = True       # False: cancel of a paid trade reports it PAID
+    # False: the channel has no call that stops a payment waiting on the payer's funds (PayPal's
+    # PENDING capture): cancel raises OutcomeUnknown and the payment stays waiting.
+    cancel_closes_waiting: bool = True
 
 
 PROFILES: tuple[Profile, ...] = (
     Profile("alipay", "CNY", "barcode", auth_code="28763443825664394"),
+    Profile("paypal", "USD", "card", payment_token="8kk8451t", cancel_closes_waiting=False),
 )
