@@ -178,7 +178,7 @@ class QPayConnector:
     async def _call(self, path: str, params: dict[str, str], cert: bool = False) -> dict[str, str]:
         body = await _guarded(path, lambda: self._post(path, params, RESPONSE_BODY_MAX_BYTES,
                                                        cert))
-        return signing.open_signed(body, self._config.api_key)
+        return signing.open_signed(body, self._config.api_key, self._config.sign_type)
 
     async def _post(self, path: str, params: dict[str, str], max_bytes: int,
                     cert: bool = False) -> bytes:

@@ -63,10 +63,11 @@ def sign_params(params: Mapping[str, str], api_key: str,
     return signed
 
 
-def verify(params: Mapping[str, str], api_key: str) -> bool:
-    """True only when `sign` is present and right for the sign type the message names."""
+def verify(params: Mapping[str, str], api_key: str, default_sign_type: str = SIGN_MD5) -> bool:
+    """True only when `sign` is present and right for the sign type the message names (or,
+    when it names none, `default_sign_type`: the one the request was signed with)."""
     given = params.get("sign", "")
-    sign_type = params.get("sign_type") or SIGN_MD5
+    sign_type = params.get("sign_type") or default_sign_type
     if not given or sign_type not in SIGN_TYPES:
         return False
     expected = sign(params, api_key, sign_type)
@@ -109,13 +110,13 @@ def parse_xml(body: bytes) -> dict[str, str]:
     return fields
 
 
-def open_signed(body: bytes, api_key: str) -> dict[str, str]:
+def open_signed(body: bytes, api_key: str, sign_type: str = SIGN_MD5) -> dict[str, str]:
     """Parse an answer; when it says return_code SUCCESS its signature must verify.
 
     An answer with return_code FAIL is the gateway refusing the request before any business
     processing (QPay does not sign those); the caller decides what it means.
     """
     fields = parse_xml(body)
-    if fields.get("return_code") == "SUCCESS" and not verify(fields, api_key):
+    if fields.get("return_code") == "SUCCESS" and not verify(fields, api_key, sign_type):
         raise ProtocolError("qpay answer signature does not verify")
     return fields

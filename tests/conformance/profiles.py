@@ -22,4 +22,6 @@ class Profile:
 
 PROFILES: tuple[Profile, ...] = (
     Profile("alipay", "CNY", "barcode", auth_code="28763443825664394"),
+    Profile("qpay", "CNY", "barcode", auth_code="910123456789012345",
+            sends_refund_notifications=False),
 )
