@@ -388,3 +388,47 @@ async def test_refund_goes_to_the_certificate_host() -> None:
     c = Scripted({tf.PATH_REFUND: _answer(out_refund_no="rf-1", refund_fee="300")})
     assert (await c.refund(RQ)).status is RefundStatus.PENDING
     assert c.calls[0][:2] == (tf.PATH_REFUND, True)
+
+
+# ---- the sandbox's request checks -------------------------------------------------------------
+
+def _request(key: str = KEY, **over: str) -> dict[str, str]:
+    fields = {"mch_id": M.mch_id, "nonce_str": "n1", "out_trade_no": "ord-1",
+              "op_user_id": M.mch_id,
+              "op_user_passwd": signing.operator_password("paycellSandboxOperator"), **over}
+    return signing.sign_params(fields, key)
+
+
+def _fields(resp: Any) -> dict[str, str]:
+    return signing.parse_xml(resp.body)
+
+
+@pytest.mark.parametrize("fields, msg", [
+    (_request(mch_id="1"), "商户号不存在"), (_request(nonce_str="n" * 33), "nonce_str 错误"),
+    (_request(key="wrong"), "签名错误"), ({**_request(), "sign_type": "SHA1"}, "签名类型错误"),
+])
+def test_sandbox_refuses_foreign_or_badly_signed_requests(fields: dict[str, str],
+                                                          msg: str) -> None:
+    sb = QPaySandbox(SandboxConfig())
+    resp = sb.check(fields, ("out_trade_no",), operator=False)
+    assert resp is not None and _fields(resp) == {"return_code": "FAIL", "return_msg": msg}
+
+
+@pytest.mark.parametrize("fields, code", [
+    (_request(), "LACK_PARAMS"), (_request(out_refund_no="rf", op_user_passwd="x"), "NOAUTH"),
+    (_request(out_refund_no="rf", op_user_id="someone"), "NOAUTH"),
+    (_request(out_refund_no="r" * 33), "PARAM_ERROR"),
+])
+def test_sandbox_business_refusals_are_signed(fields: dict[str, str], code: str) -> None:
+    sb = QPaySandbox(SandboxConfig())
+    resp = sb.check(fields, ("out_trade_no", "out_refund_no"), operator=True)
+    assert resp is not None and isinstance(resp.body, bytes)
+    answer = signing.open_signed(resp.body, KEY)
+    assert (answer["result_code"], answer["err_code"]) == ("FAIL", code)
+
+
+def test_sandbox_accepts_a_well_signed_hmac_request() -> None:
+    sb = QPaySandbox(SandboxConfig())
+    fields = signing.sign_params({"mch_id": M.mch_id, "nonce_str": "n", "out_trade_no": "o"},
+                                 KEY, signing.SIGN_HMAC_SHA256)
+    assert sb.check(fields, ("out_trade_no",), operator=False) is None
