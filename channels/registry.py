@@ -12,6 +12,7 @@ import aiohttp
 from channels.alipay import AlipayConfig, AlipayConnector
 from channels.base import Connector
 from channels.paypal import PayPalConfig, PayPalConnector
+from channels.qpay import QPayConfig, QPayConnector
 from core.settings import Settings
 
 ConnectorFactory = Callable[[Settings, str, "aiohttp.ClientSession | None"], Connector]
@@ -27,9 +28,15 @@ def paypal_factory(settings: Settings, notify_url: str,
     return PayPalConnector(PayPalConfig.from_settings(settings, notify_url), session)
 
 
+def qpay_factory(settings: Settings, notify_url: str,
+                 session: aiohttp.ClientSession | None) -> Connector:
+    return QPayConnector(QPayConfig.from_settings(settings, notify_url), session)
+
+
 CONNECTORS: dict[str, ConnectorFactory] = {
     "alipay": alipay_factory,
     "paypal": paypal_factory,
+    "qpay": qpay_factory,
 }
 
 

@@ -160,6 +160,13 @@ class QPaySettings:
     mch_id: str = "1900000109"
     appid: str = ""
     api_key: Secret = Secret("paycellSandboxQPayKey0123456789ab")
+    sign_type: str = "MD5"             # MD5 | HMAC-SHA256 (both keyed with api_key)
+    device_info: str = "paycell"       # the terminal id micropay asks for
+    op_user_id: str = ""               # refund/reverse operator; empty: mch_id (the default operator)
+    op_user_passwd: Secret = Secret("paycellSandboxOperator")   # sent as its MD5 hex
+    cert_gateway_url: str = ""         # refund/reverse host (api.qpay.qq.com); empty: gateway_url
+    client_cert_path: str = ""         # PEM client certificate for refund/reverse (mTLS); empty: none
+    client_key_path: str = ""
 
 
 @dataclass(frozen=True)

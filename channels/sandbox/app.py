@@ -12,12 +12,14 @@ from aiohttp import web
 
 from channels.sandbox.alipay import AlipaySandbox
 from channels.sandbox.paypal import PayPalSandbox
+from channels.sandbox.qpay import QPaySandbox
 from channels.sandbox.engine import SANDBOX, ChannelSandbox, SandboxConfig, add_control_routes, channel_app
 
 # One line per channel: name -> its sandbox class.
 SANDBOXES: dict[str, type[ChannelSandbox]] = {
     "alipay": AlipaySandbox,
     "paypal": PayPalSandbox,
+    "qpay": QPaySandbox,
 }
 
 

@@ -26,4 +26,6 @@ class Profile:
 PROFILES: tuple[Profile, ...] = (
     Profile("alipay", "CNY", "barcode", auth_code="28763443825664394"),
     Profile("paypal", "USD", "card", payment_token="8kk8451t", cancel_closes_waiting=False),
+    Profile("qpay", "CNY", "barcode", auth_code="910123456789012345",
+            sends_refund_notifications=False),
 )
