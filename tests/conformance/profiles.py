@@ -22,4 +22,5 @@ class Profile:
 
 PROFILES: tuple[Profile, ...] = (
     Profile("alipay", "CNY", "barcode", auth_code="28763443825664394"),
+    Profile("stripe", "USD", "card", payment_token="pm_card_visa", cancel_reverses_paid=False),
 )
