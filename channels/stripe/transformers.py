@@ -153,7 +153,7 @@ def decode_params(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
                 node[part] = value
             else:
                 node = node.setdefault(part, [] if is_list else {})
-                if isinstance(node, list) != is_list:
+                if not isinstance(node, (list, dict)) or isinstance(node, list) != is_list:
                     raise ValueError(f"conflicting parameter {name!r}")
     return out
 
