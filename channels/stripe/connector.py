@@ -27,8 +27,11 @@ order with no PaymentIntent the cancel is a fence built from Stripe's own idempo
 creates a never-confirmed PaymentIntent *under the order's Idempotency-Key* and cancels it. A late
 create for the order then reuses that key with other parameters and Stripe refuses it (400
 idempotency_error) without executing it. If the real create got the key first, the fence's create
-is the one refused, and the cancel answers OutcomeUnknown (the shard retries; by then the order's
-PaymentIntent can be found). Stripe prunes keys after at least 24 hours, so the fence holds for
+is the one refused: the cancel then works on the PaymentIntent that create made, or answers
+OutcomeUnknown while search cannot see it yet (the shard retries). One more case: this connector's
+own create finished without making a PaymentIntent (a saved 500: Stripe replays it to any retry
+with the same key and refuses the key with other parameters) and its consistent list window shows
+none: nothing can be charged under the key, and the cancel answers CLOSED. Stripe prunes keys after at least 24 hours, so the fence holds for
 that long: far longer than a delayed request can arrive.
 
 Webhooks are configured per account in Stripe, not per request. Against the local sandbox (no
@@ -142,8 +145,8 @@ class StripeConnector:
                                            idempotency_key=req.order_id)
         try:
             result = tf.map_charge(status, payload, req)
-        except tf.IdempotencyConflict:
-            pi, _certain = await self._lookup(req.order_id)
+        except tf.IdempotencyConflict:     # the key holds an earlier request: not this window's
+            pi, _certain = await self._lookup(req.order_id, window=False)
             if pi is None:
                 raise OutcomeUnknown("stripe: the order's key is taken; no PaymentIntent found yet")
             result = tf.map_intent(pi, req.order_id)
@@ -162,9 +165,18 @@ class StripeConnector:
         return ChannelResult(Fact.WAITING, raw_status="not_found", exists=False)
 
     async def cancel(self, order_id: str) -> ChannelResult:
-        pi, _certain = await self._lookup(order_id)
+        pi, certain = await self._lookup(order_id)
         if pi is None:
-            pi = await self._fence(order_id)
+            try:
+                pi = await self._fence(order_id)
+            except tf.IdempotencyConflict:      # a finished create holds the key
+                pi, _ = await self._lookup(order_id, window=False)
+                if pi is None and certain:
+                    return ChannelResult(Fact.CLOSED, raw_status="key_held_without_intent",
+                                         action="close")
+                if pi is None:
+                    raise OutcomeUnknown("stripe: the order's key is taken; its PaymentIntent "
+                                         "is not found yet") from None
         current = tf.map_intent(pi, order_id)
         if current.fact in (Fact.PAID, Fact.CLOSED):
             return current
@@ -232,14 +244,17 @@ class StripeConnector:
 
     # ---- lookups --------------------------------------------------------------------------
 
-    async def _lookup(self, order_id: str) -> tuple[Mapping[str, Any] | None, bool]:
-        """(the order's PaymentIntent or None, whether None is certain)."""
+    async def _lookup(self, order_id: str,
+                      window: bool = True) -> tuple[Mapping[str, Any] | None, bool]:
+        """(the order's PaymentIntent or None, whether None is certain). The list window answers
+        for the PaymentIntent *this connector's create* could have made; a key conflict says an
+        earlier request made one at another time, so that lookup goes by id or search."""
         sent = self._recent.get(order_id)
         if sent is not None and sent.pi_id:
             pi = await self._retrieve(sent.pi_id)
             if pi is not None:
                 return pi, True
-        if sent is not None and sent.sent_at:
+        if window and sent is not None and sent.sent_at:
             return await self._list_window(order_id, sent), True
         payload = await self._get("/v1/payment_intents/search",
                                   {"query": tf.search_query(order_id), "limit": tf.LIST_LIMIT})
