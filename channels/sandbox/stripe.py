@@ -27,7 +27,8 @@ A create without ``confirm`` makes an open PaymentIntent (requires_payment_metho
 closes anything not succeeded or canceled (400 payment_intent_unexpected_state otherwise, as
 Stripe). Refund refusals: payment_intent_unexpected_state (not paid), amount_too_large,
 charge_already_refunded. Webhooks: Event objects (payment_intent.succeeded / .payment_failed /
-.canceled, refund.created / refund.updated) signed ``Stripe-Signature: t=..,v1=..`` with the
+.canceled, refund.created / refund.updated: Stripe sends these for every refund since
+2024-10-28.acacia) signed ``Stripe-Signature: t=..,v1=..`` with the
 endpoint secret; a forged one is signed with another secret. Any 2xx acknowledges.
 
 Deviations, all on purpose:
