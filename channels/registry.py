@@ -13,6 +13,7 @@ from channels.alipay import AlipayConfig, AlipayConnector
 from channels.base import Connector
 from channels.paypal import PayPalConfig, PayPalConnector
 from channels.qpay import QPayConfig, QPayConnector
+from channels.stripe import StripeConfig, StripeConnector
 from core.settings import Settings
 
 ConnectorFactory = Callable[[Settings, str, "aiohttp.ClientSession | None"], Connector]
@@ -33,10 +34,16 @@ def qpay_factory(settings: Settings, notify_url: str,
     return QPayConnector(QPayConfig.from_settings(settings, notify_url), session)
 
 
+def stripe_factory(settings: Settings, notify_url: str,
+                   session: aiohttp.ClientSession | None) -> Connector:
+    return StripeConnector(StripeConfig.from_settings(settings, notify_url), session)
+
+
 CONNECTORS: dict[str, ConnectorFactory] = {
     "alipay": alipay_factory,
     "paypal": paypal_factory,
     "qpay": qpay_factory,
+    "stripe": stripe_factory,
 }
 
 

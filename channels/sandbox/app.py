@@ -13,6 +13,7 @@ from aiohttp import web
 from channels.sandbox.alipay import AlipaySandbox
 from channels.sandbox.paypal import PayPalSandbox
 from channels.sandbox.qpay import QPaySandbox
+from channels.sandbox.stripe import StripeSandbox
 from channels.sandbox.engine import SANDBOX, ChannelSandbox, SandboxConfig, add_control_routes, channel_app
 
 # One line per channel: name -> its sandbox class.
@@ -20,6 +21,7 @@ SANDBOXES: dict[str, type[ChannelSandbox]] = {
     "alipay": AlipaySandbox,
     "paypal": PayPalSandbox,
     "qpay": QPaySandbox,
+    "stripe": StripeSandbox,
 }
 
 

@@ -28,4 +28,5 @@ PROFILES: tuple[Profile, ...] = (
     Profile("paypal", "USD", "card", payment_token="8kk8451t", cancel_closes_waiting=False),
     Profile("qpay", "CNY", "barcode", auth_code="910123456789012345",
             sends_refund_notifications=False),
+    Profile("stripe", "USD", "card", payment_token="pm_card_visa", cancel_reverses_paid=False),
 )
