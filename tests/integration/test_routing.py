@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.routing import drive, phases_for
+from bench.routing import drive, phases_for, print_summary
 
 pytestmark = pytest.mark.integration
 
@@ -22,6 +22,7 @@ async def test_traffic_leaves_a_declining_channel_and_returns(stack) -> None:
     sandbox_url = stack["settings"].sandbox.url()
     r = await drive(stack["url"], sandbox_url, ("stripe", "paypal"), RATE,
                     phases_for("decline", 4, 8, 12))
+    print_summary(r)                                  # shown with -s, and on failure
     steady, degraded, recovered = (r["phases"][p] for p in ("steady", "degraded", "recovered"))
     assert steady["answered"] == steady["orders"] and steady["first_choice_stripe_pct"] >= 80
     assert r["shift_s"] is not None and r["shift_s"] <= SHIFT_BOUND_S, r["per_second"]
