@@ -20,10 +20,28 @@ from typing import Any
 _LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
-def _demo_body(amount: int, out_trade_no: str | None = None) -> dict[str, Any]:
-    return {"out_trade_no": out_trade_no or f"demo-{secrets.token_hex(6)}", "user_id": "u-42",
-            "amount": amount, "currency": "CNY", "subject": "60 gems", "channel": "alipay",
-            "payment": {"type": "barcode", "auth_code": "28763443825664394"}}
+def _demo_body(amount: int, out_trade_no: str | None = None, *, channel: str | None = None,
+               card: str | None = None, currency: str | None = None,
+               payment_type: str | None = None) -> dict[str, Any]:
+    """A demo order: an Alipay barcode payment, or (--card TOKEN) a card payment that paycell
+    routes, or (--type app|native) a prepay; --channel names a channel instead of routing."""
+    payment: dict[str, str] = {"type": "barcode", "auth_code": "28763443825664394"}
+    if card:
+        payment = {"type": "card", "token": card}
+    elif payment_type in ("app", "native"):
+        payment = {"type": payment_type}
+    body: dict[str, Any] = {
+        "out_trade_no": out_trade_no or f"demo-{secrets.token_hex(6)}", "user_id": "u-42",
+        "amount": amount, "currency": currency or ("USD" if card else "CNY"),
+        "subject": "60 gems", "payment": payment}
+    if channel:
+        body["channel"] = channel
+    return body
+
+
+def _body_from(args: argparse.Namespace) -> dict[str, Any]:
+    return _demo_body(args.amount, getattr(args, "out_trade_no", None), channel=args.channel,
+                      card=args.card, currency=args.currency, payment_type=args.type)
 
 
 async def _serve(settings: Any) -> None:
@@ -100,7 +118,7 @@ def cmd_pay(args: argparse.Namespace) -> int:
 
     async def run() -> int:
         async with PaycellClient(url, app_id, secret) as c:
-            status, body = await c.create_order(_demo_body(args.amount, args.out_trade_no))
+            status, body = await c.create_order(_body_from(args))
         print(status, orjson.dumps(body, option=orjson.OPT_INDENT_2).decode())
         return 0 if status in (200, 202) else 1
     return asyncio.run(run())
@@ -123,7 +141,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 def cmd_curl(args: argparse.Namespace) -> int:
     from gateway.client import example_curl
     url, app_id, secret = _client_args(args)
-    print(example_curl(url, app_id, secret, _demo_body(args.amount)))
+    print(example_curl(url, app_id, secret, _body_from(args)))
     return 0
 
 
@@ -167,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             sp.add_argument("--amount", type=int, default=600)
             sp.add_argument("--out-trade-no", dest="out_trade_no")
+            sp.add_argument("--channel", help="name the channel (default: paycell chooses)")
+            sp.add_argument("--card", metavar="TOKEN",
+                            help="a card payment with this saved method, e.g. pm_card_visa")
+            sp.add_argument("--currency", help="default CNY (USD with --card)")
+            sp.add_argument("--type", choices=("barcode", "app", "native"),
+                            help="payment type without --card (default barcode)")
         sp.set_defaults(fn=fn)
     args = p.parse_args(argv)
     from core.errors import ConfigError

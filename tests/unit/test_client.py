@@ -145,3 +145,27 @@ async def test_example_curl_is_a_signed_working_command() -> None:
     now = float(headers["X-Paycell-Timestamp"])
     assert await authenticate(headers, "POST", "/v1/orders", data, APPS, store(), now,
                               300) == "demo-app"
+
+
+def test_cli_demo_bodies_validate() -> None:
+    import argparse
+
+    from gateway.cli import _body_from
+    from gateway.validation import parse_create_order
+
+    def body(**kw: object) -> dict:
+        base = dict(amount=600, out_trade_no=None, channel=None, card=None, currency=None,
+                    type=None)
+        base.update(kw)
+        return _body_from(argparse.Namespace(**base))
+
+    import orjson
+    channels = ("alipay", "stripe", "wechatpay")
+    barcode = parse_create_order("demo-app", orjson.dumps(body()), channels)
+    assert (barcode.channel, barcode.payment_type, barcode.currency) == ("", "barcode", "CNY")
+    card = parse_create_order("demo-app", orjson.dumps(body(card="pm_card_visa")), channels)
+    assert (card.payment_type, card.payment_token, card.currency) == ("card", "pm_card_visa",
+                                                                      "USD")
+    app = parse_create_order("demo-app", orjson.dumps(body(type="app", channel="wechatpay")),
+                             channels)
+    assert (app.channel, app.payment_type) == ("wechatpay", "app")
