@@ -11,6 +11,7 @@ import aiohttp
 
 from channels.alipay import AlipayConfig, AlipayConnector
 from channels.base import Connector
+from channels.wechatpay import WechatPayConfig, WechatPayConnector
 from core.settings import Settings
 
 ConnectorFactory = Callable[[Settings, str, "aiohttp.ClientSession | None"], Connector]
@@ -21,8 +22,14 @@ def alipay_factory(settings: Settings, notify_url: str,
     return AlipayConnector(AlipayConfig.from_settings(settings, notify_url), session)
 
 
+def wechatpay_factory(settings: Settings, notify_url: str,
+                      session: aiohttp.ClientSession | None) -> Connector:
+    return WechatPayConnector(WechatPayConfig.from_settings(settings, notify_url), session)
+
+
 CONNECTORS: dict[str, ConnectorFactory] = {
     "alipay": alipay_factory,
+    "wechatpay": wechatpay_factory,
 }
 
 
