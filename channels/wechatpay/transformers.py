@@ -454,6 +454,8 @@ BILL_HEADER = ("交易时间,公众账号ID,商户号,特约商户号,设备号,
                "费率备注").split(",")
 SUMMARY_HEADER = "总交易单数,应结订单总金额,退款总金额,充值券退款总金额,手续费总金额,订单总金额,申请退款总金额".split(",")
 COL = {name: i for i, name in enumerate(BILL_HEADER)}
+# The detail column each summary total (after 总交易单数) adds up, in summary order.
+SUMMED_COLUMNS = ("应结订单金额", "退款金额", "充值券退款金额", "手续费", "订单金额", "申请退款金额")
 BILL_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
@@ -523,15 +525,14 @@ def parse_tradebill(text: str, day: date) -> Statement:
     rows = [_fields(ln, len(BILL_HEADER)) for ln in lines[1:split]]
     bill_lines = tuple(_bill_line(r) for r in rows)
     summary = _fields(lines[-1], len(SUMMARY_HEADER))
-    payments = [x for x in bill_lines if x.kind is StatementKind.PAYMENT]
-    refunds = [x for x in bill_lines if x.kind is StatementKind.REFUND]
-    payments_total, refunds_total = sum(x.amount for x in payments), sum(x.amount for x in refunds)
     try:
         rows_count = int(summary[0])
     except ValueError:
         raise ProtocolError("wechatpay bill summary count is malformed") from None
-    if (rows_count != len(bill_lines) or yuan_to_fen(summary[5]) != payments_total
-            or yuan_to_fen(summary[2]) != refunds_total
-            or yuan_to_fen(summary[4]) != sum(x.fee for x in bill_lines)):
+    column_sums = [sum(yuan_to_fen(r[COL[name]]) for r in rows) for name in SUMMED_COLUMNS]
+    if rows_count != len(rows) or [yuan_to_fen(v) for v in summary[1:]] != column_sums:
         raise ProtocolError("wechatpay bill summary does not match its rows")
-    return Statement(CHANNEL, day, bill_lines, len(payments), payments_total, refunds_total)
+    payments = [x for x in bill_lines if x.kind is StatementKind.PAYMENT]
+    refunds = [x for x in bill_lines if x.kind is StatementKind.REFUND]
+    return Statement(CHANNEL, day, bill_lines, len(payments), sum(x.amount for x in payments),
+                     sum(x.amount for x in refunds))

@@ -22,4 +22,5 @@ class Profile:
 
 PROFILES: tuple[Profile, ...] = (
     Profile("alipay", "CNY", "barcode", auth_code="28763443825664394"),
+    Profile("wechatpay", "CNY", "barcode", auth_code="134567890123456789"),
 )
