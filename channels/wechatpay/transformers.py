@@ -129,6 +129,28 @@ def yuan_to_fen(text: str) -> int:
     return -value if negative else value
 
 
+BILL_DECIMALS_MAX = 5                   # bill fees may carry 5 decimals ("0.00600")
+
+
+def yuan_units(text: str) -> int:
+    """A bill amount in 10^-5 yuan, exact: the unit summary totals are checked in."""
+    negative = text.startswith("-")
+    whole, _, frac = (text[1:] if negative else text).partition(".")
+    if (not whole.isdigit() or (frac and not frac.isdigit()) or len(frac) > BILL_DECIMALS_MAX
+            or not whole.isascii() or not frac.isascii()):
+        raise ProtocolError("wechatpay bill amount is malformed")
+    value = int(whole) * 10**BILL_DECIMALS_MAX + int(frac.ljust(BILL_DECIMALS_MAX, "0"))
+    return -value if negative else value
+
+
+def fee_to_fen(text: str) -> int:
+    """A bill fee in fen, rounded half away from zero ("0.00600" -> 1)."""
+    units = yuan_units(text)
+    step = 10**(BILL_DECIMALS_MAX - 2)
+    rounded = (abs(units) + step // 2) // step
+    return -rounded if units < 0 else rounded
+
+
 def fen_to_yuan(amount: int) -> str:
     return minor_to_decimal_str(amount, CURRENCY)
 
@@ -496,7 +518,7 @@ def _fields(line: str, width: int) -> list[str]:
 def _bill_line(row: list[str]) -> StatementLine:
     at = datetime.strptime(row[COL["交易时间"]], BILL_TIME_FORMAT).replace(tzinfo=BEIJING)
     state, currency = row[COL["交易状态"]], row[COL["货币种类"]] or CURRENCY
-    fee = yuan_to_fen(row[COL["手续费"]])
+    fee = fee_to_fen(row[COL["手续费"]])
     if state == "REFUND":
         return StatementLine(StatementKind.REFUND, row[COL["商户订单号"]], row[COL["微信订单号"]],
                              yuan_to_fen(row[COL["退款金额"]]), currency, at,
@@ -529,8 +551,8 @@ def parse_tradebill(text: str, day: date) -> Statement:
         rows_count = int(summary[0])
     except ValueError:
         raise ProtocolError("wechatpay bill summary count is malformed") from None
-    column_sums = [sum(yuan_to_fen(r[COL[name]]) for r in rows) for name in SUMMED_COLUMNS]
-    if rows_count != len(rows) or [yuan_to_fen(v) for v in summary[1:]] != column_sums:
+    column_sums = [sum(yuan_units(r[COL[name]]) for r in rows) for name in SUMMED_COLUMNS]
+    if rows_count != len(rows) or [yuan_units(v) for v in summary[1:]] != column_sums:
         raise ProtocolError("wechatpay bill summary does not match its rows")
     payments = [x for x in bill_lines if x.kind is StatementKind.PAYMENT]
     refunds = [x for x in bill_lines if x.kind is StatementKind.REFUND]
