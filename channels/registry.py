@@ -14,6 +14,7 @@ from channels.base import Connector
 from channels.paypal import PayPalConfig, PayPalConnector
 from channels.qpay import QPayConfig, QPayConnector
 from channels.stripe import StripeConfig, StripeConnector
+from channels.wechatpay import WechatPayConfig, WechatPayConnector
 from core.settings import Settings
 
 ConnectorFactory = Callable[[Settings, str, "aiohttp.ClientSession | None"], Connector]
@@ -39,11 +40,17 @@ def stripe_factory(settings: Settings, notify_url: str,
     return StripeConnector(StripeConfig.from_settings(settings, notify_url), session)
 
 
+def wechatpay_factory(settings: Settings, notify_url: str,
+                      session: aiohttp.ClientSession | None) -> Connector:
+    return WechatPayConnector(WechatPayConfig.from_settings(settings, notify_url), session)
+
+
 CONNECTORS: dict[str, ConnectorFactory] = {
     "alipay": alipay_factory,
     "paypal": paypal_factory,
     "qpay": qpay_factory,
     "stripe": stripe_factory,
+    "wechatpay": wechatpay_factory,
 }
 
 

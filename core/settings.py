@@ -126,6 +126,10 @@ class WechatPaySettings:
     platform_public_key_path: str = str(KEYS_DIR / "wechatpay_platform_public.pem")
     platform_serial_no: str = "PUB_KEY_ID_0119000091912025112500000000000001"
     apiv3_key: Secret = Secret("paycellSandboxApiV3Key0123456789")   # 32 bytes
+    connections_max: int = 1024        # per shard, as alipay.connections_max
+    # v3 code pay documents no notify_url (results come by query); true sends one anyway, which
+    # the sandbox treats as the callback URL configured on the merchant platform.
+    codepay_notify_url: bool = True
 
 
 @dataclass(frozen=True)

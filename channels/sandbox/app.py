@@ -14,6 +14,7 @@ from channels.sandbox.alipay import AlipaySandbox
 from channels.sandbox.paypal import PayPalSandbox
 from channels.sandbox.qpay import QPaySandbox
 from channels.sandbox.stripe import StripeSandbox
+from channels.sandbox.wechatpay import WechatPaySandbox
 from channels.sandbox.engine import SANDBOX, ChannelSandbox, SandboxConfig, add_control_routes, channel_app
 
 # One line per channel: name -> its sandbox class.
@@ -22,6 +23,7 @@ SANDBOXES: dict[str, type[ChannelSandbox]] = {
     "paypal": PayPalSandbox,
     "qpay": QPaySandbox,
     "stripe": StripeSandbox,
+    "wechatpay": WechatPaySandbox,
 }
 
 

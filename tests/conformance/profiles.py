@@ -29,4 +29,5 @@ PROFILES: tuple[Profile, ...] = (
     Profile("qpay", "CNY", "barcode", auth_code="910123456789012345",
             sends_refund_notifications=False),
     Profile("stripe", "USD", "card", payment_token="pm_card_visa", cancel_reverses_paid=False),
+    Profile("wechatpay", "CNY", "barcode", auth_code="134567890123456789"),
 )
