@@ -11,6 +11,7 @@ import aiohttp
 
 from channels.alipay import AlipayConfig, AlipayConnector
 from channels.base import Connector
+from channels.unionpay import UnionPayConfig, UnionPayConnector
 from core.settings import Settings
 
 ConnectorFactory = Callable[[Settings, str, "aiohttp.ClientSession | None"], Connector]
@@ -21,8 +22,14 @@ def alipay_factory(settings: Settings, notify_url: str,
     return AlipayConnector(AlipayConfig.from_settings(settings, notify_url), session)
 
 
+def unionpay_factory(settings: Settings, notify_url: str,
+                     session: aiohttp.ClientSession | None) -> Connector:
+    return UnionPayConnector(UnionPayConfig.from_settings(settings, notify_url), session)
+
+
 CONNECTORS: dict[str, ConnectorFactory] = {
     "alipay": alipay_factory,
+    "unionpay": unionpay_factory,
 }
 
 

@@ -11,11 +11,13 @@ from typing import Iterable
 from aiohttp import web
 
 from channels.sandbox.alipay import AlipaySandbox
+from channels.sandbox.unionpay import UnionPaySandbox
 from channels.sandbox.engine import SANDBOX, ChannelSandbox, SandboxConfig, add_control_routes, channel_app
 
 # One line per channel: name -> its sandbox class.
 SANDBOXES: dict[str, type[ChannelSandbox]] = {
     "alipay": AlipaySandbox,
+    "unionpay": UnionPaySandbox,
 }
 
 

@@ -22,4 +22,5 @@ class Profile:
 
 PROFILES: tuple[Profile, ...] = (
     Profile("alipay", "CNY", "barcode", auth_code="28763443825664394"),
+    Profile("unionpay", "CNY", "card", payment_token="6226090000000048"),
 )
