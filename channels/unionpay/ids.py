@@ -6,8 +6,9 @@ file (ZM) holds 32 of them. paycell's order ids contain `_` (``P_local_s0_3_<tok
 * an id that is already 8-32 lowercase letters and digits is sent unchanged;
 * any other id of ``[a-z0-9_]`` is packed: read as a base-37 number (with a leading 1 so leading
   symbols survive) and written in base 62, prefixed with "X" (a plain id is lowercase, so it never
-  starts with "X"). A default paycell id (35 characters) packs into 32. Ids that do not fit are
-  refused with ValueError before anything is sent.
+  starts with an upper-case letter); a paycell order id ``P_<rest>`` packs its rest, prefixed with
+  "W". A default paycell id (35 characters) becomes 30. Ids that do not fit are refused with
+  ValueError before anything is sent.
 
 UnionPay identifies a trade by merId + orderId + txnTime ("三要素唯一确定一笔交易"), and a query
 must repeat the trade's txnTime. paycell ids carry their creation time (core.ids: the token's
@@ -26,6 +27,7 @@ BEIJING = timezone(timedelta(hours=8))
 TXN_TIME_FORMAT = "%Y%m%d%H%M%S"
 WIRE_ID_MIN, WIRE_ID_MAX = 8, 32
 PACKED_PREFIX = "X"
+PAYCELL_PREFIX, PAYCELL_MARK = "P_", "W"
 CANCEL_PREFIX = "Y"
 
 _PLAIN_RE = re.compile(r"^[0-9a-z]{8,32}$")
@@ -41,16 +43,19 @@ def to_wire_id(paycell_id: str) -> str:
     """paycell's id as UnionPay's orderId (reversible); ValueError if it cannot be carried."""
     if _PLAIN_RE.match(paycell_id):
         return paycell_id
-    if not _PACKABLE_RE.match(paycell_id):
-        raise ValueError("unionpay: ids must be [a-z0-9_] to be sent as an orderId")
+    mark, rest = PACKED_PREFIX, paycell_id
+    if paycell_id.startswith(PAYCELL_PREFIX):
+        mark, rest = PAYCELL_MARK, paycell_id[len(PAYCELL_PREFIX):]
+    if not _PACKABLE_RE.match(rest):
+        raise ValueError("unionpay: ids must be [a-z0-9_] (or P_ and those) to be an orderId")
     n = 1
-    for ch in paycell_id:
+    for ch in rest:
         n = n * len(_ID_ALPHABET) + _ID_ALPHABET.index(ch)
     digits = []
     while n:
         n, r = divmod(n, len(_B62))
         digits.append(_B62[r])
-    wire = PACKED_PREFIX + "".join(reversed(digits)).rjust(WIRE_ID_MIN - 1, "0")
+    wire = mark + "".join(reversed(digits)).rjust(WIRE_ID_MIN - 1, "0")
     if len(wire) > WIRE_ID_MAX:
         raise ValueError(f"unionpay: id too long to pack into {WIRE_ID_MAX} characters")
     return wire
@@ -60,7 +65,7 @@ def from_wire_id(wire: str) -> str:
     """The paycell id behind an orderId; ValueError for an orderId paycell did not make."""
     if not _WIRE_RE.match(wire):
         raise ValueError("not a UnionPay orderId")
-    if not wire.startswith(PACKED_PREFIX):
+    if not wire.startswith((PACKED_PREFIX, PAYCELL_MARK)):
         return wire
     n = 0
     for ch in wire[1:]:
@@ -71,7 +76,8 @@ def from_wire_id(wire: str) -> str:
         out.append(_ID_ALPHABET[r])
     if n != 1:
         raise ValueError("not a packed paycell id")
-    return "".join(reversed(out))
+    rest = "".join(reversed(out))
+    return PAYCELL_PREFIX + rest if wire.startswith(PAYCELL_MARK) else rest
 
 
 def cancel_wire_id(payment_wire_id: str) -> str:
