@@ -279,6 +279,8 @@ def refund(sb: UnionPaySandbox, form: dict[str, str]) -> web.Response:
     if known:
         return sb.answer(form, "12")
     trade.extra[f"t:{out_refund_no}"] = form["txnTime"]
+    if len(sb.by_refund_order) >= sb.ledger.trades_max:
+        sb.by_refund_order.clear()             # bounded: refunds of reset ledgers go first
     sb.by_refund_order[out_refund_no] = (trade.out_trade_no, out_refund_no)
     return sb.answer(form, "00", {"queryId": sb.query_id_of(trade, done),
                                   "origQryId": sb.query_id_of(trade)})

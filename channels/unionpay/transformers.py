@@ -112,6 +112,8 @@ def consume_params(m: Merchant, req: ChargeRequest, wire_id: str, at: datetime,
     """Token consume (txnType 01, txnSubType 01, bizType 000902) for one charge."""
     if not req.payment_token:
         raise ValueError("unionpay token consume needs the payer's token (payment_token)")
+    if not back_url:
+        raise ValueError("unionpay consume needs a backUrl (the notify URL)")
     params = _common(m, TXN_CONSUME, "01", BIZ_TOKEN, at)
     params.update({
         "channelType": CHANNEL_TYPE, "orderId": wire_id, "currencyCode": currency_code(req.currency),

@@ -52,6 +52,8 @@ def test_consume_needs_a_token_and_a_known_currency() -> None:
         tf.consume_params(M, ChargeRequest(WIRE, 1, "CNY", "s", "card"), WIRE, NOW, NOW, "u")
     with pytest.raises(ValueError):
         tf.consume_params(M, _req(currency="EUR"), WIRE, NOW, NOW, "u")
+    with pytest.raises(ValueError):
+        tf.consume_params(M, _req(), WIRE, NOW, NOW, "")
 
 
 def test_refund_cancel_reversal_query_and_file_params() -> None:
