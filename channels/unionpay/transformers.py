@@ -116,7 +116,8 @@ def consume_params(m: Merchant, req: ChargeRequest, wire_id: str, at: datetime,
         raise ValueError("unionpay consume needs a backUrl (the notify URL)")
     params = _common(m, TXN_CONSUME, "01", BIZ_TOKEN, at)
     params.update({
-        "channelType": CHANNEL_TYPE, "orderId": wire_id, "currencyCode": currency_code(req.currency),
+        "channelType": CHANNEL_TYPE, "orderId": wire_id,
+        "currencyCode": currency_code(req.currency),
         "txnAmt": fen(req.amount), "accType": ACC_TYPE_CARD, "backUrl": back_url,
         "payTimeout": txn_time(pay_timeout_at),
         "tokenPayData": f"{{token={req.payment_token}&trId={m.token_requestor_id}}}",

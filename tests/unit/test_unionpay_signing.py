@@ -84,7 +84,8 @@ def test_verify_is_false_for_malformed_signatures(bad: str) -> None:
 
 # ---- signPubKeyCert -------------------------------------------------------------------------
 
-def _answer(key: rsa.RSAPrivateKey = SIGN_KEY, cert: x509.Certificate = SIGN_CERT) -> dict[str, str]:
+def _answer(key: rsa.RSAPrivateKey = SIGN_KEY,
+            cert: x509.Certificate = SIGN_CERT) -> dict[str, str]:
     return signing.sign_answer({"respCode": "00", "signMethod": "01", "orderId": "abcdefgh1"},
                                key, cert)
 

@@ -302,7 +302,8 @@ def test_a_december_row_in_a_january_bill_keeps_its_year() -> None:
 
 @pytest.mark.parametrize("answer", [{"fileContent": "!!"}, {"fileContent": ""},
                                     {"fileContent": base64.b64encode(b"not deflate").decode()},
-                                    {"fileContent": base64.b64encode(zlib.compress(b"x")).decode()}])
+                                    {"fileContent":
+                                     base64.b64encode(zlib.compress(b"x")).decode()}])
 def test_unusable_bills_are_protocol_errors(answer: dict[str, str]) -> None:
     with pytest.raises(ProtocolError):
         tf.parse_statement(answer, date(2025, 2, 28), M)
