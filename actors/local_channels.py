@@ -68,6 +68,9 @@ class LocalChannelPort:
         """Channels for an order that names none, best first (NoChannel / ChannelsBusy)."""
         return self.router.candidates(payment, exclude)
 
+    def takes(self, channel: str, payment: Payment) -> bool:
+        return channel in self._enabled and self.router.takes(channel, payment)
+
     async def charge(self, channel: str, req: ChargeRequest) -> ChannelResult:
         if channel not in self._enabled:
             raise NotSent(f"{channel}: not enabled")
@@ -80,7 +83,10 @@ class LocalChannelPort:
         started = time.monotonic()
         res: ChannelResult | ChannelError | None = None
         try:
-            res = await connector.charge(req)
+            try:
+                res = await connector.charge(req)
+            except ValueError as e:   # connectors refuse what they cannot take before sending
+                raise NotSent(f"{channel}: {e}") from None
             return res
         except ChannelError as e:
             res = e

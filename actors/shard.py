@@ -58,6 +58,7 @@ class ChannelPort(Protocol):
     async def query(self, channel: str, order_id: str, currency: str) -> ChannelResult: ...
     async def cancel(self, channel: str, order_id: str) -> ChannelResult: ...
     def route(self, payment: Payment, exclude: tuple[str, ...] = ()) -> list[str]: ...
+    def takes(self, channel: str, payment: Payment) -> bool: ...
     def stats(self) -> dict[str, Any]: ...
 
 
@@ -341,9 +342,12 @@ class OrderShard:
 
     def _candidates(self, cmd: CreateOrder) -> list[str]:
         """[the channel to charge, then failover candidates]: the named one, or routed."""
-        if cmd.channel:
-            return [cmd.channel]
         payment = Payment(cmd.amount, cmd.currency, cmd.payment_type, cmd.country, cmd.auth_code)
+        if cmd.channel:
+            if not self._channels.takes(cmd.channel, payment):
+                raise NoChannel(f"{cmd.channel} does not take {cmd.currency} {cmd.payment_type} "
+                                f"payments of {cmd.amount} (see its capabilities)")
+            return [cmd.channel]
         try:
             return self._channels.route(payment)
         except NoChannelFits as e:

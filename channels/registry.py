@@ -15,6 +15,9 @@ from channels.paypal import PayPalConfig, PayPalConnector
 from channels.qpay import QPayConfig, QPayConnector
 from channels.stripe import StripeConfig, StripeConnector
 from channels.wechatpay import WechatPayConfig, WechatPayConnector
+from channels.unionpay import UnionPayConfig, UnionPayConnector
+from channels.wire_ids import WireIdConnector, check_fits
+from core.ids import WIRE_ID_MAX
 from core.settings import Settings
 
 ConnectorFactory = Callable[[Settings, str, "aiohttp.ClientSession | None"], Connector]
@@ -32,7 +35,9 @@ def paypal_factory(settings: Settings, notify_url: str,
 
 def qpay_factory(settings: Settings, notify_url: str,
                  session: aiohttp.ClientSession | None) -> Connector:
-    return QPayConnector(QPayConfig.from_settings(settings, notify_url), session)
+    check_fits("qpay", settings, WIRE_ID_MAX)
+    return WireIdConnector(QPayConnector(QPayConfig.from_settings(settings, notify_url), session),
+                           WIRE_ID_MAX)
 
 
 def stripe_factory(settings: Settings, notify_url: str,
@@ -42,7 +47,15 @@ def stripe_factory(settings: Settings, notify_url: str,
 
 def wechatpay_factory(settings: Settings, notify_url: str,
                       session: aiohttp.ClientSession | None) -> Connector:
-    return WechatPayConnector(WechatPayConfig.from_settings(settings, notify_url), session)
+    check_fits("wechatpay", settings, WIRE_ID_MAX)
+    return WireIdConnector(
+        WechatPayConnector(WechatPayConfig.from_settings(settings, notify_url), session),
+        WIRE_ID_MAX)
+
+
+def unionpay_factory(settings: Settings, notify_url: str,
+                     session: aiohttp.ClientSession | None) -> Connector:
+    return UnionPayConnector(UnionPayConfig.from_settings(settings, notify_url), session)
 
 
 CONNECTORS: dict[str, ConnectorFactory] = {
@@ -51,6 +64,7 @@ CONNECTORS: dict[str, ConnectorFactory] = {
     "qpay": qpay_factory,
     "stripe": stripe_factory,
     "wechatpay": wechatpay_factory,
+    "unionpay": unionpay_factory,
 }
 
 

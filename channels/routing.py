@@ -240,9 +240,14 @@ class Router:
 
     # ---- eligibility and ranking ----------------------------------------------------------
 
+    def takes(self, name: str, p: Payment) -> bool:
+        """Whether `name` can take `p` at all (its capabilities), for an order naming it."""
+        h = self.health.get(name)
+        return h is not None and h.capabilities.accepts(p.amount, p.currency, p.payment_type,
+                                                        p.country)
+
     def _fits(self, name: str, p: Payment) -> bool:
-        caps = self.health[name].capabilities
-        if not caps.accepts(p.amount, p.currency, p.payment_type, p.country):
+        if not self.takes(name, p):
             return False
         if p.payment_type == "barcode":
             prefixes = BARCODE_PREFIXES.get(name)

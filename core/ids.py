@@ -13,6 +13,8 @@ from dataclasses import dataclass
 _PART_RE = re.compile(r"^[a-z0-9]{1,12}$")
 ORDER_ID_RE = re.compile(r"^P_([a-z0-9]{1,12})_([a-z0-9]{1,12})_([0-9]{1,4})_([a-z0-9]{8,24})$")
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+RANDOM_DIGITS = 10
+RANDOM_SPACE = 36 ** RANDOM_DIGITS
 
 
 def check_part(name: str, value: str) -> str:
@@ -39,9 +41,11 @@ def _b36(n: int) -> str:
 
 def make_order_id(region: str, set_name: str, shard: int, now_ms: int,
                   rand: int | None = None) -> str:
-    """Time-ordered, 64-bit random suffix; `rand` is injected by tests."""
-    r = secrets.randbits(64) if rand is None else rand
-    token = _b36(now_ms).rjust(9, "0") + _b36(r).rjust(13, "0")
+    """Time-ordered: 9 base-36 digits of epoch milliseconds, then 10 random ones (51 bits, per
+    shard and millisecond); `rand` is injected by tests. The default SET's ids are 32 characters,
+    what WeChat Pay and QQ Wallet take as a merchant trade number."""
+    r = (secrets.randbits(64) if rand is None else rand) % RANDOM_SPACE
+    token = _b36(now_ms).rjust(9, "0") + _b36(r).rjust(RANDOM_DIGITS, "0")
     return f"P_{region}_{set_name}_{shard}_{token}"
 
 
@@ -56,3 +60,57 @@ def shard_for_key(app_id: str, out_trade_no: str, shard_count: int) -> int:
     """Stable partition of the idempotency key (app_id, out_trade_no) over the shards."""
     assert shard_count >= 1
     return zlib.crc32(f"{app_id}\x00{out_trade_no}".encode()) % shard_count
+
+
+# ---- merchant trade numbers for channels that allow 32 characters (WeChat Pay, QQ Wallet) ----
+# A paycell order id is up to 2 + 12 + 1 + 12 + 1 + 4 + 1 + 22 characters, but several channels
+# take a merchant trade number of at most 32. An id that fits is sent as it is; a longer paycell
+# id is packed: its part after "P_" read as a base-37 number (with a leading 1 so that leading
+# symbols survive) and written in base 62 after a "W". The default id (35 characters) packs to
+# 30. A packed number has no "_", a paycell id always has one, so the two never collide.
+
+WIRE_ID_MAX = 32
+_WIRE_MARK = "W"
+_ID_DIGITS = "_0123456789abcdefghijklmnopqrstuvwxyz"
+_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_B62_RE = re.compile(r"^W[0-9A-Za-z]{1,40}$")
+
+
+def to_wire_id(order_id: str, max_len: int = WIRE_ID_MAX) -> str:
+    """`order_id` as a merchant trade number of at most `max_len` characters (reversible by
+    from_wire_id); ValueError when even the packed form is longer."""
+    if len(order_id) <= max_len:
+        return order_id
+    if not ORDER_ID_RE.match(order_id):
+        raise ValueError(f"{order_id!r} is longer than {max_len} and not a paycell order id")
+    n = 1
+    for ch in order_id[2:]:
+        n = n * len(_ID_DIGITS) + _ID_DIGITS.index(ch)
+    digits = []
+    while n:
+        n, r = divmod(n, 62)
+        digits.append(_B62[r])
+    wire = _WIRE_MARK + "".join(reversed(digits))
+    if len(wire) > max_len:
+        raise ValueError(f"{order_id!r} does not pack into {max_len} characters")
+    return wire
+
+
+def from_wire_id(wire: str) -> str:
+    """The order id behind a merchant trade number made by to_wire_id (any other text as is)."""
+    if not _B62_RE.match(wire):
+        return wire
+    n = 0
+    for ch in wire[1:]:
+        n = n * 62 + _B62.index(ch)
+    out = []
+    while n > 1:
+        n, r = divmod(n, len(_ID_DIGITS))
+        out.append(_ID_DIGITS[r])
+    order_id = "P_" + "".join(reversed(out))
+    return order_id if n == 1 and ORDER_ID_RE.match(order_id) else wire
+
+
+def longest_order_id(region: str, set_name: str, shard_count: int) -> str:
+    """The longest id this SET can make (for checking channel limits at start)."""
+    return f"P_{region}_{set_name}_{shard_count - 1}_" + "z" * (9 + RANDOM_DIGITS)

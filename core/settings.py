@@ -152,7 +152,11 @@ class UnionPaySettings:
     mer_id: str = "777290058110048"
     sign_cert_id: str = "69629715588"
     merchant_private_key_path: str = str(KEYS_DIR / "unionpay_merchant_private.pem")
-    unionpay_public_key_path: str = str(KEYS_DIR / "unionpay_platform_public.pem")
+    # 5.1.0 answers carry UnionPay's signing cert (signPubKeyCert); it must chain to these.
+    root_cert_path: str = str(KEYS_DIR / "unionpay_root_cert.pem")
+    middle_cert_path: str = str(KEYS_DIR / "unionpay_middle_cert.pem")
+    token_requestor_id: str = "99988877766"   # trId of tokenPayData (UnionPay's test value)
+    pay_timeout_s: int = 900           # payTimeout = txnTime + this (UnionPay advises 15 min)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from channels.sandbox.paypal import PayPalSandbox
 from channels.sandbox.qpay import QPaySandbox
 from channels.sandbox.stripe import StripeSandbox
 from channels.sandbox.wechatpay import WechatPaySandbox
+from channels.sandbox.unionpay import UnionPaySandbox
 from channels.sandbox.engine import SANDBOX, ChannelSandbox, SandboxConfig, add_control_routes, channel_app
 
 # One line per channel: name -> its sandbox class.
@@ -24,6 +25,7 @@ SANDBOXES: dict[str, type[ChannelSandbox]] = {
     "qpay": QPaySandbox,
     "stripe": StripeSandbox,
     "wechatpay": WechatPaySandbox,
+    "unionpay": UnionPaySandbox,
 }
 
 

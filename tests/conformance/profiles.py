@@ -30,4 +30,5 @@ PROFILES: tuple[Profile, ...] = (
             sends_refund_notifications=False),
     Profile("stripe", "USD", "card", payment_token="pm_card_visa", cancel_reverses_paid=False),
     Profile("wechatpay", "CNY", "barcode", auth_code="134567890123456789"),
+    Profile("unionpay", "CNY", "card", payment_token="6226090000000048"),
 )

@@ -100,3 +100,86 @@ def test_settings_fail_at_start_with_the_name(env, needle):
     with pytest.raises(ConfigError) as e:
         load_settings(env=env)
     assert needle in str(e.value)
+
+
+def test_wire_ids_fit_32_characters_and_round_trip() -> None:
+    from core.ids import from_wire_id, longest_order_id, make_order_id, to_wire_id
+    assert len(make_order_id("local", "s0", 7, 1_764_000_000_000)) == 32   # sent as it is
+    for shard in (10, 1023):
+        oid = make_order_id("local", "s0", shard, 1_764_000_000_000)
+        wire = to_wire_id(oid)
+        assert len(wire) <= 32 and "_" not in wire and from_wire_id(wire) == oid
+    assert to_wire_id("cf0123456789abcdef0123") == "cf0123456789abcdef0123"   # fits: as is
+    assert from_wire_id("cf0123456789abcdef0123") == "cf0123456789abcdef0123"
+    assert from_wire_id("WhatEver") == "WhatEver"          # not a packed id: unchanged
+    assert len(to_wire_id(longest_order_id("cnsouth", "set01", 8))) <= 32
+    import pytest
+    with pytest.raises(ValueError):
+        to_wire_id(longest_order_id("abcdefghijkl", "abcdefghijkl", 1024))
+    with pytest.raises(ValueError):
+        to_wire_id("x" * 40)
+
+
+async def test_wire_id_connector_translates_ids_both_ways() -> None:
+    import dataclasses
+    from datetime import date, datetime, timezone
+
+    from channels.base import (Ack, Capabilities, ChannelResult, ChargeRequest, Notification,
+                               RefundRequest, RefundResult, RefundStatus, Statement,
+                               StatementKind, StatementLine)
+    from channels.wire_ids import WireIdConnector
+    from core.ids import make_order_id, to_wire_id
+    from core.states import Fact
+
+    oid = make_order_id("local", "s0", 12, 1_764_000_000_000)     # 33 characters
+    wire = to_wire_id(oid)
+    seen: list[str] = []
+
+    class Inner:
+        name = "short"
+        capabilities = Capabilities(frozenset({"CNY"}), frozenset({"barcode"}))
+
+        async def charge(self, req: ChargeRequest) -> ChannelResult:
+            seen.append(req.order_id)
+            return ChannelResult(Fact.PAID)
+
+        async def query(self, order_id: str, currency: str) -> ChannelResult:
+            seen.append(order_id)
+            return ChannelResult(Fact.PAID)
+
+        async def cancel(self, order_id: str) -> ChannelResult:
+            seen.append(order_id)
+            return ChannelResult(Fact.CLOSED)
+
+        async def refund(self, req: RefundRequest) -> RefundResult:
+            seen.append(req.order_id)
+            return RefundResult(RefundStatus.SUCCEEDED, req.refund_id)
+
+        async def refund_query(self, order_id: str, refund_id: str, currency: str) -> RefundResult:
+            seen.append(order_id)
+            return RefundResult(RefundStatus.SUCCEEDED, refund_id)
+
+        def parse_notification(self, body: bytes, headers: object) -> Notification:
+            return Notification(wire, Fact.PAID, "T", 1, "CNY", "n", "SUCCESS")
+
+        def ack(self, accepted: bool) -> Ack:
+            return Ack(200, "text/plain", b"ok")
+
+        async def statement(self, day: date) -> Statement:
+            line = StatementLine(StatementKind.PAYMENT, wire, "T", 1, "CNY",
+                                 datetime.now(timezone.utc))
+            return Statement("short", day, (line,))
+
+        async def close(self) -> None:
+            pass
+
+    c = WireIdConnector(Inner(), 32)  # type: ignore[arg-type]
+    await c.charge(ChargeRequest(oid, 1, "CNY", "s", "barcode"))
+    await c.query(oid, "CNY")
+    await c.cancel(oid)
+    await c.refund(RefundRequest(oid, "r1", 1, 1, "CNY"))
+    await c.refund_query(oid, "r1", "CNY")
+    assert seen == [wire] * 5 and len(wire) <= 32
+    assert c.parse_notification(b"", {}).order_id == oid
+    assert (await c.statement(date.today())).lines[0].order_id == oid
+    assert dataclasses.asdict(c.ack(True))["status"] == 200

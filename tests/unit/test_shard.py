@@ -72,6 +72,9 @@ class ScriptedChannel:
     def stats(self):
         return {"routing": {}}
 
+    def takes(self, channel, payment):
+        return not (channel == "alipay" and payment.currency != "CNY")
+
     async def charge(self, channel, req):
         self.charges.append(req.order_id)
         self.charged_on.append(channel)
@@ -436,3 +439,10 @@ async def test_prepay_data_is_kept_and_shown():
     assert (reply["http"], o["status"]) == (202, "PENDING")
     assert o["pay_data"] == {"prepay_id": "wx201410272009395522657a690389285100"}
     assert (await sh.get("demo-app", o["order_id"]))["channel_trade_no"] == "wx-prepay"
+
+
+async def test_a_named_channel_that_cannot_take_the_payment_is_422_before_anything():
+    store, ch = MemStore(), ScriptedChannel()
+    [reply] = await shard(store, ch).submit([dataclasses.replace(cmd(), currency="USD")])
+    assert reply["error"] == "no_channel" and "alipay does not take USD" in reply["detail"]
+    assert store.records == {} and ch.charges == []
