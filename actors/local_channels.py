@@ -15,17 +15,22 @@ restart loses is "outcome unknown", resolved by query.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 import aiohttp
 
-from channels.base import (ChannelError, ChannelResult, ChargeRequest, Connector, NotSent,
-                           OutcomeUnknown)
+from channels.base import (Capabilities, ChannelError, ChannelResult, ChargeRequest, Connector,
+                           NotSent, OutcomeUnknown)
 from channels.registry import build_connector, enabled_channels
 from channels.routing import Attempt, Payment, Router, policy_from_settings
 from core.settings import Settings
 from core.states import Fact
+
+
+def _with_qps(caps: Capabilities, qps_max: int) -> Capabilities:
+    return dataclasses.replace(caps, qps=qps_max) if qps_max > 0 else caps
 
 
 def attempt_of(res: ChannelResult | ChannelError) -> Attempt:
@@ -45,7 +50,8 @@ class LocalChannelPort:
         self._inflight_max = settings.orders.channel_charges_inflight_max
         self._inflight: dict[str, int] = {}
         self._enabled = enabled_channels(settings)
-        capabilities = {name: build_connector(name, settings, "").capabilities  # no I/O
+        capabilities = {name: _with_qps(build_connector(name, settings, "").capabilities,  # no I/O
+                                        getattr(settings, name).qps_max)
                         for name in self._enabled}
         self.router = Router(policy_from_settings(settings.routing, settings.orders.shard_count),
                              capabilities)
@@ -71,12 +77,17 @@ class LocalChannelPort:
     def takes(self, channel: str, payment: Payment) -> bool:
         return channel in self._enabled and self.router.takes(channel, payment)
 
-    async def charge(self, channel: str, req: ChargeRequest) -> ChannelResult:
+    def admit(self, channel: str) -> bool:
+        """Take the channel's rate-limit token (and half-open probe) for a charge about to be
+        created; False: refuse the order now, before anything is stored."""
+        return channel in self._enabled and self.router.admit(channel)
+
+    async def charge(self, channel: str, req: ChargeRequest, admitted: bool = False) -> ChannelResult:
         if channel not in self._enabled:
             raise NotSent(f"{channel}: not enabled")
         if self._inflight.get(channel, 0) >= self._inflight_max:
             raise NotSent(f"{channel}: {self._inflight_max} charges already in flight")
-        if not self.router.admit(channel):
+        if not admitted and not self.router.admit(channel):
             raise NotSent(f"{channel}: circuit open or at its rate limit")
         connector = self._connector(channel)
         self._inflight[channel] = self._inflight.get(channel, 0) + 1

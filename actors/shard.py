@@ -40,7 +40,8 @@ from channels.base import (ChargeRequest, ChannelError, ChannelResult, NotSent, 
                            OutcomeUnknown)
 from core.clock import Clock, SystemClock
 from channels.routing import ChannelsBusy, NoChannel as NoChannelFits, Payment
-from core.errors import IdempotencyConflict, NoChannel, Overloaded, PaycellError, Unavailable
+from core.errors import (IdempotencyConflict, NoChannel, Overloaded, PaycellError, RateLimited,
+                         Unavailable)
 from core.ids import make_order_id
 from core.order import CreateOrder, Order
 from core.settings import Settings
@@ -54,11 +55,13 @@ REPLY_KEEP_S = 60.0        # a reply nobody collected (its gateway died) is drop
 
 class ChannelPort(Protocol):
     """Channel calls as the shard sees them (actors.local_channels.LocalChannelPort)."""
-    async def charge(self, channel: str, req: ChargeRequest) -> ChannelResult: ...
+    async def charge(self, channel: str, req: ChargeRequest,
+                     admitted: bool = False) -> ChannelResult: ...
     async def query(self, channel: str, order_id: str, currency: str) -> ChannelResult: ...
     async def cancel(self, channel: str, order_id: str) -> ChannelResult: ...
     def route(self, payment: Payment, exclude: tuple[str, ...] = ()) -> list[str]: ...
     def takes(self, channel: str, payment: Payment) -> bool: ...
+    def admit(self, channel: str) -> bool: ...
     def stats(self) -> dict[str, Any]: ...
 
 
@@ -341,19 +344,28 @@ class OrderShard:
             self._creating.pop(key, None)
 
     def _candidates(self, cmd: CreateOrder) -> list[str]:
-        """[the channel to charge, then failover candidates]: the named one, or routed."""
+        """[the channel to charge, then failover candidates]: the named one, or routed. The
+        first one's rate-limit token is taken here, so an order the channel cannot take now is
+        refused before anything is stored."""
         payment = Payment(cmd.amount, cmd.currency, cmd.payment_type, cmd.country, cmd.auth_code)
         if cmd.channel:
             if not self._channels.takes(cmd.channel, payment):
                 raise NoChannel(f"{cmd.channel} does not take {cmd.currency} {cmd.payment_type} "
                                 f"payments of {cmd.amount} (see its capabilities)")
+            if not self._channels.admit(cmd.channel):
+                raise RateLimited(f"{cmd.channel} is at its rate limit or its circuit is open",
+                                  retry_after_s=1)
             return [cmd.channel]
         try:
-            return self._channels.route(payment)
+            candidates = self._channels.route(payment)
         except NoChannelFits as e:
             raise NoChannel(str(e)) from None
         except ChannelsBusy as e:
             raise Unavailable(str(e), retry_after_s=1) from None
+        for i, channel in enumerate(candidates):
+            if self._channels.admit(channel):
+                return candidates[i:]
+        raise Unavailable("every channel for this payment is at its rate limit", retry_after_s=1)
 
     async def _charge(self, order: Order, cmd: CreateOrder, failover: list[str]) -> None:
         """The one charge of this order (per channel, and on another channel only after the
@@ -365,11 +377,13 @@ class OrderShard:
                             auth_code=cmd.auth_code, notify_url=self._notify_url,
                             payer_id=order.user_id, payment_token=cmd.payment_token)
         res: ChannelResult | ChannelError
+        admitted = True           # the first channel's token was taken at create (_candidates)
         while True:
             try:
-                res = await self._channels.charge(order.channel, req)
+                res = await self._channels.charge(order.channel, req, admitted)
             except ChannelError as e:
                 res = e
+            admitted = False
             certainly_not_charged = isinstance(res, NotSent) or (
                 isinstance(res, ChannelResult) and res.fact is Fact.DECLINED)
             if not (order.routed and certainly_not_charged and failover):

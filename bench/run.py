@@ -41,6 +41,7 @@ READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 45.0
 LUA = Path(__file__).with_name("loadgen.lua")
 RESULTS = Path(__file__).with_name("results")
+BENCH_CHANNEL_QPS = 1_000_000
 
 
 # ---- the stack -------------------------------------------------------------------------------
@@ -61,7 +62,11 @@ class Stack:
                    PAYCELL_GATEWAY__HOST="127.0.0.1", PAYCELL_GATEWAY__PORT=str(self.port),
                    PAYCELL_REDIS__PORT=str(free_port()),
                    PAYCELL_SANDBOX__PORT=str(self.sandbox_port),
-                   RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
+                   RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
+                   # the channels here are the local sandbox, not Alipay: lift the per-channel
+                   # rate limit (alipay.qps_max, default Alipay's 200/s) to measure paycell
+                   **{f"PAYCELL_{ch.upper()}__QPS_MAX": str(BENCH_CHANNEL_QPS)
+                      for ch in ("alipay", "wechatpay", "stripe", "unionpay", "qpay", "paypal")})
         script = Path(sys.executable).with_name("paycell")
         argv = [str(script), "up"] if script.exists() else [sys.executable, "-m", "gateway.cli",
                                                             "up"]

@@ -107,6 +107,7 @@ class AlipaySettings:
     app_private_key_path: str = str(KEYS_DIR / "alipay_app_private.pem")
     alipay_public_key_path: str = str(KEYS_DIR / "alipay_platform_public.pem")
     call_timeout_ms: int = 5000        # one HTTP call to the channel
+    qps_max: int = 0                   # charges/s to this channel; 0: its documented rate
     connections_max: int = 1024        # per shard: slow calls hold connections; size for them
     # Hosts besides the gateway's own that bill_download_url may name (comma-separated
     # "host[:port]"; production: "dwbillcenter.alipay.com"). Any other host is refused (SSRF).
@@ -119,6 +120,7 @@ class WechatPaySettings:
     enabled: bool = True
     gateway_url: str = ""              # empty: <sandbox>/wechatpay
     call_timeout_ms: int = 5000
+    qps_max: int = 0                   # charges/s to this channel; 0: its documented rate
     mchid: str = "1900009191"
     appid: str = "wxd678efh567hg6787"
     merchant_serial_no: str = "3775B6A45ACD588826D15E583A95F5DD8EA4F2C5"
@@ -138,6 +140,7 @@ class StripeSettings:
     enabled: bool = True
     gateway_url: str = ""              # empty: <sandbox>/stripe (the SDK's api_base)
     call_timeout_ms: int = 5000
+    qps_max: int = 0                   # charges/s to this channel; 0: its documented rate
     secret_key: Secret = Secret("sk_test_paycellsandbox000000000000000000")
     webhook_secret: Secret = Secret("whsec_paycellsandbox0000000000000000")
     webhook_tolerance_s: int = 300
@@ -149,6 +152,7 @@ class UnionPaySettings:
     enabled: bool = True
     gateway_url: str = ""              # empty: <sandbox>/unionpay
     call_timeout_ms: int = 5000
+    qps_max: int = 0                   # charges/s to this channel; 0: its documented rate
     mer_id: str = "777290058110048"
     sign_cert_id: str = "69629715588"
     merchant_private_key_path: str = str(KEYS_DIR / "unionpay_merchant_private.pem")
@@ -165,6 +169,7 @@ class QPaySettings:
     enabled: bool = True
     gateway_url: str = ""              # empty: <sandbox>/qpay
     call_timeout_ms: int = 5000
+    qps_max: int = 0                   # charges/s to this channel; 0: its documented rate
     mch_id: str = "1900000109"
     appid: str = ""
     api_key: Secret = Secret("paycellSandboxQPayKey0123456789ab")
@@ -183,6 +188,7 @@ class PayPalSettings:
     enabled: bool = True
     gateway_url: str = ""              # empty: <sandbox>/paypal
     call_timeout_ms: int = 5000
+    qps_max: int = 0                   # charges/s to this channel; 0: its documented rate
     client_id: str = "AYpaycellSandboxClient"
     client_secret: Secret = Secret("EFpaycellSandboxSecret0000")
     webhook_id: str = "8PT597110X687430LKGECATA"
@@ -389,6 +395,7 @@ def validate(s: Settings) -> None:
          "gateway.shard_call_timeout_ms: must exceed orders.sync_deadline_ms")
     for name in CHANNEL_SECTIONS:
         need(getattr(s, name).call_timeout_ms > 0, f"{name}.call_timeout_ms: must be > 0")
+        need(getattr(s, name).qps_max >= 0, f"{name}.qps_max: must be >= 0 (0: documented)")
     r = s.routing
     need(r.window_s > 0 and 1 <= r.window_buckets <= r.window_s * 1000,
          "routing.window_s / window_buckets: window_s > 0 and 1 <= buckets")

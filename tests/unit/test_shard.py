@@ -75,7 +75,12 @@ class ScriptedChannel:
     def takes(self, channel, payment):
         return not (channel == "alipay" and payment.currency != "CNY")
 
-    async def charge(self, channel, req):
+    def admit(self, channel):
+        return channel not in self.limited
+
+    limited: set[str] = set()
+
+    async def charge(self, channel, req, admitted=False):
         self.charges.append(req.order_id)
         self.charged_on.append(channel)
         await asyncio.sleep(1.0 if req.amount % 100 == 99 else self.charge_delay_s)
@@ -446,3 +451,18 @@ async def test_a_named_channel_that_cannot_take_the_payment_is_422_before_anythi
     [reply] = await shard(store, ch).submit([dataclasses.replace(cmd(), currency="USD")])
     assert reply["error"] == "no_channel" and "alipay does not take USD" in reply["detail"]
     assert store.records == {} and ch.charges == []
+
+
+async def test_rate_limited_channels_refuse_before_storing_or_fall_through():
+    store, ch = MemStore(), ScriptedChannel()
+    ch.limited = {"alipay", "stripe"}
+    sh = shard(store, ch)
+    [named] = await sh.submit([cmd("l1")])
+    assert (named["error"], named["retry_after_s"]) == ("rate_limited", 1)
+    ch.routes = ["stripe", "paypal"]
+    [routed_reply] = await sh.submit([routed("l2")])
+    assert (routed_reply["order"]["channel"], ch.charged_on) == ("paypal", ["paypal"])
+    ch.limited = {"stripe", "paypal"}
+    [busy] = await sh.submit([routed("l3")])
+    assert busy["error"] == "unavailable"
+    assert [o.out_trade_no for o in store.records.values()] == ["l2"]
