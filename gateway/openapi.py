@@ -33,7 +33,8 @@ ERROR_RESPONSES = {
     "409": ("IdempotencyConflict", "The out_trade_no was used with a different body."),
     "413": ("PayloadTooLarge", "The body is larger than the gateway accepts."),
     "415": ("UnsupportedMediaType", "The body must be application/json."),
-    "422": ("RiskRejected", "Refused by risk control."),
+    "422": ("Unprocessable", "Refused by risk control (`risk_rejected`), or no enabled channel "
+                             "takes this payment (`no_channel`)."),
     "429": ("RateLimited", "Too many requests; retry after Retry-After seconds."),
     "503": ("Unavailable", "Temporarily unavailable or at a bound; retry after Retry-After."),
 }
