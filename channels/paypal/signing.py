@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from channels import crypto
+from channels import callbacks, crypto
 
 AUTH_ALGO = "SHA256withRSA"
 CERTS_PATH = "/v1/notifications/certs/"
@@ -115,13 +115,7 @@ def verify_transmission(cert: x509.Certificate, transmission_id: str, transmissi
     return crypto.verify_raw(key, message, signature)
 
 
-def header(headers: Mapping[str, str], name: str) -> str:
-    """A header by case-insensitive name ("" when absent): works on plain dicts too."""
-    value = headers.get(name)
-    if value is None:
-        lowered = name.lower()
-        value = next((v for k, v in headers.items() if k.lower() == lowered), "")
-    return value
+header = callbacks.header      # by case-insensitive name, "" when absent
 
 
 def verify_webhook(headers: Mapping[str, str], body: bytes, webhook_id: str,

@@ -49,6 +49,7 @@ from typing import Any, Callable, Mapping
 
 import aiohttp
 
+from channels import callbacks
 from channels.base import (Ack, Capabilities, ChannelResult, ChargeRequest, Notification,
                            NotSent, OutcomeUnknown, ProtocolError, RefundRequest, RefundResult,
                            RefundStatus, Statement)
@@ -216,7 +217,7 @@ class StripeConnector:
     def parse_notification(self, body: bytes, headers: Mapping[str, str]) -> Notification:
         if len(body) > tf.NOTIFY_BODY_MAX_BYTES:
             raise ProtocolError("stripe webhook body too large")
-        header = _header(headers, signing.SIGNATURE_HEADER)
+        header = callbacks.header(headers, signing.SIGNATURE_HEADER)
         if not signing.verify(body, header, self._config.webhook_secret, self._now(),
                               self._config.webhook_tolerance_s):
             raise ProtocolError("stripe webhook signature does not verify")
@@ -368,10 +369,4 @@ def _seg(identifier: str) -> str:
     return urllib.parse.quote(identifier, safe="")
 
 
-def _header(headers: Mapping[str, str], name: str) -> str:
-    value = headers.get(name)
-    if value is None:
-        lower = name.lower()
-        value = next((v for k, v in headers.items() if k.lower() == lower), "")
-    return value
 
