@@ -29,7 +29,7 @@ from channels.base import (Ack, Capabilities, ChannelResult, ChargeRequest, Noti
                            OutcomeUnknown, ProtocolError, RefundRequest, RefundResult,
                            Statement)
 from channels.transport import Transport, guarded, read_bounded
-from channels.wechatpay import signing, transformers as tf
+from channels.wechatpay import bill, signing, transformers as tf
 from core.clock import Clock, SystemClock
 from core.settings import Settings
 from core.states import Fact
@@ -169,16 +169,16 @@ class WechatPayConnector:
         return ACK_ACCEPTED if accepted else ACK_REFUSED
 
     async def statement(self, day: date) -> Statement:
-        ticket = tf.map_tradebill(await self._call("GET", tf.tradebill_path(day)))
+        ticket = bill.map_tradebill(await self._call("GET", tf.tradebill_path(day)))
         if ticket is None:
             return Statement(tf.CHANNEL, day, ())
         raw = await self._download(ticket.download_url)
-        tf.check_bill_hash(ticket, raw)
+        bill.check_bill_hash(ticket, raw)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise ProtocolError("wechatpay bill is not utf-8") from None
-        return tf.parse_tradebill(text, day)
+        return bill.parse_tradebill(text, day)
 
     # ---- HTTP -----------------------------------------------------------------------------
 
@@ -212,7 +212,7 @@ class WechatPayConnector:
             URL(url).raw_path_qs if url.startswith(("http://", "https://")) else url)
         status, _, raw = await guarded("GET billdownload",
                                        lambda: self._send("GET", url, path, b"",
-                                                          tf.BILL_BYTES_MAX))
+                                                          bill.BILL_BYTES_MAX))
         if status >= 500:
             raise OutcomeUnknown(f"wechatpay bill download answered HTTP {status}")
         if status != 200:
