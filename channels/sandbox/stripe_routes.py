@@ -17,7 +17,7 @@ from channels.sandbox.engine import SANDBOX, Outcome, dropped_response
 from channels.sandbox.ledger import (REFUSE_AMOUNT, REFUSE_NOT_PAID, LedgerFull, RefundRefused,
                                      TradeStatus)
 from channels.sandbox.stripe import WEBHOOK_HEADER, StripeSandbox
-from channels.stripe import signing, transformers as tf
+from channels.stripe import forms, signing, transformers as tf
 
 ORDER_ID_MAX_CHARS = 255
 LIST_LIMIT_DEFAULT = 10
@@ -75,7 +75,7 @@ async def _params(request: web.Request) -> tuple[dict[str, Any], tuple[tuple[str
         pairs = urllib.parse.parse_qsl(text, keep_blank_values=True)
     else:
         pairs = list(request.query.items())
-    return tf.decode_params(pairs), tuple(sorted(pairs))
+    return forms.decode_params(pairs), tuple(sorted(pairs))
 
 
 def api(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:

@@ -53,7 +53,7 @@ from channels import callbacks
 from channels.base import (Ack, Capabilities, ChannelResult, ChargeRequest, Notification,
                            NotSent, OutcomeUnknown, ProtocolError, RefundRequest, RefundResult,
                            RefundStatus, Statement)
-from channels.stripe import signing, transformers as tf
+from channels.stripe import forms, signing, transformers as tf
 from channels.transport import Transport, guarded, read_bounded
 from core.clock import Clock, SystemClock
 from core.settings import Settings
@@ -335,7 +335,7 @@ class StripeConnector:
                     idempotency_key: str = "") -> tuple[int, dict[str, Any]]:
         headers = {"Authorization": signing.bearer(self._config.secret_key),
                    "Stripe-Version": tf.API_VERSION, "Accept": "application/json"}
-        encoded = tf.form_body(params)
+        encoded = forms.form_body(params)
         url = f"{self._config.base_url}{path}"
         body: str | None = None
         if method == "POST":
