@@ -1,7 +1,7 @@
 """The PayPal connector: HTTP I/O only (OAuth2 token, Orders v2, Payments v2, Transaction Search,
 Webhooks Management). Requests are built and answers mapped in transformers.
 
-Transport failures are mapped by what they mean for the money:
+Failures are mapped by what they mean for the money (transport errors in channels.transport):
   * the connection could not be established, the token could not be had, a 429     -> NotSent
   * timeout, disconnect or reset after sending, an HTTP 5xx                         -> OutcomeUnknown
   * an answer that is not JSON, too large or contradicts the request                -> ProtocolError

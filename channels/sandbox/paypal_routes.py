@@ -70,6 +70,18 @@ async def authorized(request: web.Request) -> tuple[PayPalSandbox, web.Response 
     return sb, None
 
 
+async def authorized_json(request: web.Request,
+                          ) -> tuple[PayPalSandbox, dict[str, Any], web.Response | None]:
+    """As `authorized`, then the JSON object body (400 MALFORMED_REQUEST_JSON when it is not)."""
+    sb, refusal = await authorized(request)
+    if refusal is not None:
+        return sb, {}, refusal
+    body = await read_json(request)
+    if body is None:
+        return sb, {}, fail(400, "INVALID_REQUEST", sb, "MALFORMED_REQUEST_JSON")
+    return sb, body, None
+
+
 async def read_json(request: web.Request) -> dict[str, Any] | None:
     raw = await request.content.read(BODY_MAX_BYTES + 1)
     try:
@@ -111,12 +123,9 @@ async def issue_token(request: web.Request) -> web.Response:
 # ---- orders -------------------------------------------------------------------------------------
 
 async def create_order(request: web.Request) -> web.StreamResponse:
-    sb, refusal = await authorized(request)
+    sb, body, refusal = await authorized_json(request)
     if refusal is not None:
         return refusal
-    body = await read_json(request)
-    if body is None:
-        return fail(400, "INVALID_REQUEST", sb, "MALFORMED_REQUEST_JSON")
     request_id = request.headers.get("PayPal-Request-Id", "")
     known = sb.order_requests.get(request_id) if request_id else None
     if known is not None and not (sb.knobs.naive_charge and body.get("payment_source")):
@@ -249,12 +258,9 @@ def refusal_issue(trade: Trade, reason: str) -> str:
 
 
 async def refund_capture(request: web.Request) -> web.Response:
-    sb, refusal = await authorized(request)
+    sb, body, refusal = await authorized_json(request)
     if refusal is not None:
         return refusal
-    body = await read_json(request)
-    if body is None:
-        return fail(400, "INVALID_REQUEST", sb, "MALFORMED_REQUEST_JSON")
     trade = _shown(sb, request, "capture")
     if trade is None:
         return fail(404, "RESOURCE_NOT_FOUND", sb, "INVALID_RESOURCE_ID")

@@ -1,7 +1,7 @@
 """The Stripe connector (PaymentIntents, off-session card charges): HTTP I/O only. Requests are
 built and answers mapped in channels.stripe.transformers.
 
-Transport failures are mapped by what they mean for the money:
+Failures are mapped by what they mean for the money (transport errors in channels.transport):
   * the connection could not be established (refused, DNS, connect timeout)  -> NotSent
   * timeout, disconnect or reset after sending, an HTTP 5xx                  -> OutcomeUnknown
   * an answer that is not JSON, not the expected object, or an odd status    -> ProtocolError

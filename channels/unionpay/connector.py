@@ -1,7 +1,7 @@
 """The UnionPay connector: HTTP I/O only. Requests are built and answers mapped in transformers.
 
 Every answer is verified (signPubKeyCert chained to the configured root, then the signature);
-transport failures are mapped by what they mean for the money:
+failures are mapped by what they mean for the money (transport errors in channels.transport):
   * the connection could not be established (refused, DNS, connect timeout)  -> NotSent
   * timeout, disconnect or reset after sending, an HTTP 5xx                  -> OutcomeUnknown
   * an answer that is unsigned, badly signed, unparseable or an odd status   -> ProtocolError

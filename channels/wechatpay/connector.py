@@ -6,7 +6,7 @@ path, query and body bytes sent. Every answer below HTTP 500 must carry a valid 
 signature (Wechatpay-* headers, serial = the configured platform serial, within 5 minutes), except
 the bill file itself, which WeChat sends unsigned and which is checked by its SHA1 instead.
 
-Transport failures are mapped by what they mean for the money:
+Failures are mapped by what they mean for the money (transport errors in channels.transport):
   * the connection could not be established (refused, DNS, connect timeout)  -> NotSent
   * timeout, disconnect or reset after sending, an HTTP 5xx                  -> OutcomeUnknown
   * an answer that is unsigned, badly signed or unparseable                  -> ProtocolError
