@@ -314,13 +314,15 @@ def test_tradebill_ticket() -> None:
     assert ticket is not None and ticket.hash_value == "79bb0f45"
     assert bill.map_tradebill(Answer(400, {"code": "NO_STATEMENT_EXIST"})) is None
     with pytest.raises(ProtocolError):
-        bill.map_tradebill(Answer(200, {"hash_type": "MD5", "hash_value": "1", "download_url": "u"}))
+        bill.map_tradebill(Answer(200, {"hash_type": "MD5", "hash_value": "1",
+                                        "download_url": "u"}))
     with pytest.raises(OutcomeUnknown):
         bill.map_tradebill(Answer(400, {"code": "PARAM_ERROR"}))
     bill.check_bill_hash(bill.BillTicket("SHA1", hashlib.sha1(b"bill").hexdigest().upper(), "u"),
                        b"bill")
     with pytest.raises(ProtocolError):
-        bill.check_bill_hash(bill.BillTicket("SHA1", hashlib.sha1(b"bill").hexdigest(), "u"), b"bil")
+        bill.check_bill_hash(bill.BillTicket("SHA1", hashlib.sha1(b"bill").hexdigest(), "u"),
+                             b"bil")
 
 
 DOC_BILL = "\n".join([
