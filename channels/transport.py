@@ -20,6 +20,7 @@ from channels.base import NotSent, OutcomeUnknown, ProtocolError
 
 CONNECT_TIMEOUT_MS_MAX = 2000      # the connect phase of any call, at most
 CONNECTIONS_MAX = 64               # an owned session's pool, unless the channel says otherwise
+                                   # (aiohttp: 0 is no limit, as the settings have always allowed)
 T = TypeVar("T")
 
 # Before the request could be sent: nothing reached the channel. (ClientConnectorError is a
@@ -38,7 +39,6 @@ class Transport:
     def __init__(self, session: aiohttp.ClientSession | None, call_timeout_ms: int,
                  connections_max: int = CONNECTIONS_MAX) -> None:
         assert call_timeout_ms > 0, call_timeout_ms
-        assert connections_max > 0, connections_max
         self._session = session
         self._owns_session = False
         self._call_timeout_ms = call_timeout_ms
