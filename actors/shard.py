@@ -149,9 +149,12 @@ class OrderShard:
             log.info("shard %d rebuilt %d open orders", self._shard, len(ids),
                      extra={"shard": self._shard})
 
+    node_id = ""              # set by the Ray wrapper (actors.factory): the node it runs on
+
     async def ping(self) -> dict[str, Any]:
         await self.ensure_started()
-        return {"shard": self._shard, "pid": os.getpid(), "open": len(self._open)}
+        return {"shard": self._shard, "pid": os.getpid(), "open": len(self._open),
+                "node": self.node_id}
 
     async def stats(self) -> dict[str, Any]:
         await self.ensure_started()

@@ -78,6 +78,7 @@ class RaySettings:
     address: str = ""                  # empty: start a local cluster on loopback
     namespace: str = "paycell"
     num_cpus: int = 0                  # 0: all cores
+    local_nodes: int = 1               # local mode: Ray nodes on this machine (loopback), 1-8
 
 
 @dataclass(frozen=True)
@@ -387,6 +388,7 @@ def validate(s: Settings) -> None:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     need(1 <= s.orders.shard_count <= 1024, "orders.shard_count: must be 1..1024")
+    need(1 <= s.ray.local_nodes <= 8, "ray.local_nodes: must be 1..8")
     need(s.orders.sync_deadline_ms > 0, "orders.sync_deadline_ms: must be > 0")
     need(s.orders.query_interval_ms > 0, "orders.query_interval_ms: must be > 0")
     need(s.orders.async_window_ms > s.orders.sync_deadline_ms,
