@@ -21,7 +21,7 @@ import hashlib
 import re
 from datetime import datetime, timedelta, timezone
 
-from core.ids import ORDER_ID_RE
+from core.ids import ORDER_ID_RE, REFUND_ID_RE
 
 BEIJING = timezone(timedelta(hours=8))
 TXN_TIME_FORMAT = "%Y%m%d%H%M%S"
@@ -87,8 +87,9 @@ def cancel_wire_id(payment_wire_id: str) -> str:
 
 
 def embedded_time(paycell_id: str) -> datetime | None:
-    """The creation instant a paycell id carries (core.ids.make_order_id), or None."""
-    m = ORDER_ID_RE.match(paycell_id)
+    """The creation instant a paycell order or refund id carries (core.ids.make_order_id,
+    make_refund_id), or None."""
+    m = ORDER_ID_RE.match(paycell_id) or REFUND_ID_RE.match(paycell_id)
     if m is None or len(m.group(4)) not in _PAYCELL_TOKEN_LENS:
         return None
     ms = int(m.group(4)[:_PAYCELL_TIME_DIGITS], 36)
