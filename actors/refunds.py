@@ -16,7 +16,9 @@ paycell's refund id, fixed when the refund is created, and every call for it reu
 that finds no such refund at the channel (the first call never arrived, or the shard crashed
 between the commit and the call) resends the refund with that same id, at most
 refund_resends_max times: channels keep one refund per merchant refund number, so a resend can
-only create the refund the first call did not, never a second one.
+only create the refund the first call did not, never a second one. A refund the channel has
+answered for (accepted, PENDING) is not resent: some channels (Alipay) show an unfinished
+refund as "no such refund" to a query.
 
 Memory follows Redis: a refund record (and its order's refund sums) change in memory only after
 their commit. The desk is owned by an OrderShard, whose order cache, order locks and follow-up
@@ -105,6 +107,7 @@ class RefundDesk:
         self._by_key: dict[tuple[str, str], str] = {}
         self._sync_done: dict[str, asyncio.Event] = {}
         self._resends: dict[str, int] = {}
+        self._accepted: set[str] = set()   # open refunds the channel has answered for
         self.counters = {"refunds_created": 0, "refunds_replayed": 0, "refund_conflicts": 0,
                          "refund_queries": 0, "refund_resends": 0, "refund_notifies": 0,
                          "refund_fact_conflicts": 0, "refunds_left_for_reconcile": 0,
@@ -123,6 +126,7 @@ class RefundDesk:
         if r.status.is_final:
             self._open.pop(r.refund_id, None)
             self._resends.pop(r.refund_id, None)
+            self._accepted.discard(r.refund_id)
             self._recent[r.refund_id] = r
             self._recent.move_to_end(r.refund_id)
             while len(self._recent) > RECENT_FINAL_MAX:
@@ -310,6 +314,7 @@ class RefundDesk:
                          extra=self._ctx(rid, refund.channel))
                 self._schedule_query(rid, first)
             elif res.status is RefundStatus.PENDING or not self._amount_ok(refund, res):
+                self._accepted.add(rid)
                 self._schedule_query(rid, first)
             else:
                 await self._learn(rid, res.status, rung, result=res)
@@ -438,7 +443,7 @@ class RefundDesk:
         except ChannelError:
             res = None
         if res is not None and not res.exists:
-            if await self._resend(refund):
+            if rid not in self._accepted and await self._resend(refund):
                 return
         elif res is not None and res.status.is_final and self._amount_ok(refund, res):
             await self._learn(rid, res.status, Rung.QUERY, result=res)

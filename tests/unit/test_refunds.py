@@ -250,6 +250,26 @@ async def test_a_refund_the_channel_never_recorded_is_resent_under_the_same_id()
     assert (await sh.stats())["refund_resends"] == 1
 
 
+async def test_an_accepted_refund_the_query_cannot_see_yet_is_not_resent():
+    ch = ScriptedChannel()
+    ch.refund_behaviour = "accepted_unseen"
+    sh = shard(channel=ch)
+    oid = await paid_order(sh)
+    reply = await sh.create_refund(refund(oid))
+    rid = reply["refund"]["refund_id"]
+    assert reply["http"] == 202
+    for _ in range(100):
+        if len(ch.refund_queries) >= 3:
+            break
+        await asyncio.sleep(0.02)
+    assert len(ch.refund_queries) >= 3 and ch.refund_calls == [rid]
+    note = Notification(oid, Fact.PAID, "T1", 600, "CNY", "n1", "SUCCESS",
+                        kind=NotificationKind.REFUND, refund_id=rid,
+                        refund_status=RefundStatus.SUCCEEDED)
+    assert await sh.notify(note)
+    assert (await refund_when(sh, oid, rid, "SUCCEEDED"))["resolved_by"] == "notify"
+
+
 async def test_resends_are_bounded_and_after_the_window_the_refund_waits_for_reconciliation():
     store, ch = MemStore(), ScriptedChannel()
     ch.refund_behaviour = "error"

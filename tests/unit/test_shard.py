@@ -103,7 +103,8 @@ class ScriptedChannel:
         self.query_fact = Fact.PAID
         self.charge_behaviour = "paid"
         # refunds: a tiny channel ledger, one refund per merchant refund number
-        self.refund_behaviour = "succeeded"  # succeeded|pending|failed|lost|error|not_sent
+        self.refund_behaviour = "succeeded"  # succeeded|pending|failed|lost|error|not_sent|
+        #                                      accepted_unseen
         self.refund_script: list[str] = []   # behaviours for the next calls, then the above
         self.refund_delay_s = 0.0
         self.refund_calls: list[str] = []    # refund id of every refund call
@@ -174,6 +175,8 @@ class ScriptedChannel:
         if b == "failed":
             return RefundResult(RefundStatus.FAILED, req.refund_id, failure_code="REFUND_AMT_ERR",
                                 failure_message="refund amount too large")
+        if b == "accepted_unseen":           # accepted, but its query shows nothing yet (Alipay)
+            return RefundResult(RefundStatus.PENDING, req.refund_id)
         self.channel_refunds.setdefault(req.refund_id, req.amount)
         if b == "lost":                      # recorded, then the answer is lost
             raise OutcomeUnknown("timeout")
