@@ -84,10 +84,6 @@ def refund_reply(refund: Refund) -> dict[str, Any]:
             "refund": refund.to_api()}
 
 
-def error_reply(err: PaycellError) -> dict[str, Any]:
-    return {"error": err.code, "detail": err.detail, "retry_after_s": err.retry_after_s}
-
-
 class RefundDesk:
     def __init__(self, s: OrderSettings, shard: int, *, store: RefundStorePort,
                  channels: RefundChannelPort, orders: OrderAccess, locks: KeyedLocks,
@@ -186,23 +182,22 @@ class RefundDesk:
                 "refunds": [r.to_api() for r in refunds]}
 
     # ------------------------------------------------------------------ create
-    async def create(self, cmd: CreateRefund) -> dict[str, Any]:
-        try:
-            refund = await self._create_or_replay(cmd)
-            budget_s = self._s.refund_sync_deadline_ms / 1000
-            deadline = min((cmd.received_at or refund.created_at) + budget_s,
-                           self._clock.time() + budget_s)
-            done = self._sync_done.get(refund.refund_id)
-            if done is not None:
-                remaining = deadline - self._clock.time()
-                if remaining > 0:
-                    try:
-                        await asyncio.wait_for(done.wait(), remaining)
-                    except asyncio.TimeoutError:
-                        pass
-            return refund_reply(self._cached(refund.refund_id) or refund)
-        except PaycellError as e:
-            return error_reply(e)
+    async def create(self, cmd: CreateRefund) -> Refund:
+        """The refund for `cmd` (created, or the same one replayed) as it is once its first
+        call answered or the sync deadline passed; PaycellError when refused."""
+        refund = await self._create_or_replay(cmd)
+        budget_s = self._s.refund_sync_deadline_ms / 1000
+        deadline = min((cmd.received_at or refund.created_at) + budget_s,
+                       self._clock.time() + budget_s)
+        done = self._sync_done.get(refund.refund_id)
+        if done is not None:
+            remaining = deadline - self._clock.time()
+            if remaining > 0:
+                try:
+                    await asyncio.wait_for(done.wait(), remaining)
+                except asyncio.TimeoutError:
+                    pass
+        return self._cached(refund.refund_id) or refund
 
     async def _create_or_replay(self, cmd: CreateRefund) -> Refund:
         order = await self._orders.load_order(cmd.order_id)

@@ -39,7 +39,7 @@ import orjson
 
 from actors.board import TaskBoard
 from actors.locks import KeyedLocks
-from actors.refunds import QUERY as REFUND_QUERY, RefundDesk, RefundStorePort
+from actors.refunds import QUERY as REFUND_QUERY, RefundDesk, RefundStorePort, refund_reply
 from actors.store import KeyTaken
 from channels.base import (Capabilities, ChargeRequest, ChannelError, ChannelResult, NotSent,
                            Notification, NotificationKind, OutcomeUnknown, RefundRequest,
@@ -240,9 +240,9 @@ class OrderShard:
         error reply."""
         try:
             await self.ensure_started()
+            return refund_reply(await self._refunds.create(cmd))
         except PaycellError as e:
             return error_reply(e)
-        return await self._refunds.create(cmd)
 
     async def list_refunds(self, app_id: str, order_id: str) -> dict[str, Any] | None:
         """The order's refunds (None: no such order for this app)."""

@@ -279,6 +279,35 @@ async def test_a_killed_shard_rebuilds_its_open_refunds_and_settles_them(stack: 
     assert 1 <= t["refund_calls"] <= 1 + stack["settings"].orders.refund_resends_max
 
 
+EVERY_CHANNEL = {
+    "alipay": ("CNY", {"type": "barcode", "auth_code": "28763443825664394"}),
+    "wechatpay": ("CNY", {"type": "barcode", "auth_code": "134567890123456789"}),
+    "qpay": ("CNY", {"type": "barcode", "auth_code": "910123456789012345"}),
+    "stripe": ("USD", {"type": "card", "token": "pm_card_visa"}),
+    "paypal": ("USD", {"type": "card", "token": "8kk8451t"}),
+    "unionpay": ("CNY", {"type": "card", "token": "6226090000000048"}),
+}
+
+
+@pytest.mark.parametrize("channel", sorted(EVERY_CHANNEL))
+async def test_every_channel_refunds_in_part_then_in_full(stack: Any, channel: str) -> None:
+    currency, payment = EVERY_CHANNEL[channel]
+    async with client(stack) as c:
+        status, o = await c.create_order({
+            "out_trade_no": f"rf-{secrets.token_hex(6)}", "user_id": "u-9", "amount": 1000,
+            "currency": currency, "subject": "gems", "channel": channel, "payment": payment})
+        assert (status, o["status"]) == (200, "SUCCEEDED"), o
+        results = [await c.create_refund(o["order_id"], {"out_refund_no": no, "amount": amount})
+                   for no, amount in (("p1", 300), ("p2", 700))]
+        finals = [r if r["status"] != "PENDING" else
+                  await refund_when(c, o["order_id"], r["refund_id"], "SUCCEEDED")
+                  for _, r in results]
+        assert [r["status"] for r in finals] == ["SUCCEEDED", "SUCCEEDED"], [r.get("failure") for r in finals]
+        assert (await c.get_order(o["order_id"]))[1]["refunded_amount"] == 1000
+        over = await c.create_refund(o["order_id"], {"out_refund_no": "p3", "amount": 1})
+        assert over[0] == 422
+
+
 # ---- the commit script against a real redis-server -------------------------------------------
 
 @pytest.fixture
