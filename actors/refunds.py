@@ -227,7 +227,8 @@ class RefundDesk:
                     if e.reason == "taken":   # an earlier create landed, its reply was lost
                         stored = await self._store.find_refund(cmd.order_id, cmd.out_refund_no)
                         if stored is None:
-                            raise Unavailable("refund key in flux; retry", retry_after_s=1) from None
+                            raise Unavailable("refund key in flux; retry",
+                                              retry_after_s=1) from None
                         self._remember(stored)
                         return self._replay(stored, cmd)
                     log.warning("order %s: refund write refused (%s); rereading the order",
@@ -262,18 +263,20 @@ class RefundDesk:
             raise RefundWindowClosed(f"{order.channel} refunds payments for "
                                      f"{caps.refund_window_days} days after payment")
         live = [r for r in refunds if r.status is not RefundStatus.FAILED]
-        if len(live) >= caps.partial_refunds_max or len(refunds) >= self._s.refunds_per_order_max:
+        per_order_max = self._s.refunds_per_order_max
+        if len(live) >= caps.partial_refunds_max or len(refunds) >= per_order_max:
             raise TooManyRefunds(f"{order.channel} allows {caps.partial_refunds_max} refunds per "
-                                 f"payment; paycell keeps {self._s.refunds_per_order_max} per order")
+                                 f"payment; paycell keeps {per_order_max} per order")
         held = sum(r.amount for r in live)
         if held != order.refund_reserved:   # a bug: the two are written together
             log.error("order %s: refunds hold %d but the order reserves %d", order.order_id,
                       held, order.refund_reserved, extra=self._ctx(order.order_id, order.channel))
-        left = order.amount - max(held, order.refund_reserved)
+        reserved = max(held, order.refund_reserved)
+        left = order.amount - reserved
         if cmd.amount > left:
             raise RefundExceedsPaid(f"amount {cmd.amount} exceeds what is left to refund: {left} "
                                     f"of {order.amount} (refunded {order.refunded_amount}, "
-                                    f"pending {max(held, order.refund_reserved) - order.refunded_amount})")
+                                    f"pending {reserved - order.refunded_amount})")
 
     # ------------------------------------------------------------------ channel calls
     async def _first_call(self, refund: Refund, order: Order) -> None:
@@ -317,7 +320,8 @@ class RefundDesk:
             self._schedule_query(rid, first)
 
     def _schedule_query(self, refund_id: str, first: bool) -> None:
-        delay_ms = self._s.refund_query_first_delay_ms if first else self._s.refund_query_interval_ms
+        s = self._s
+        delay_ms = s.refund_query_first_delay_ms if first else s.refund_query_interval_ms
         self._orders.schedule(self._clock.time() + delay_ms / 1000, refund_id, QUERY)
 
     def _amount_ok(self, refund: Refund, res: RefundResult) -> bool:
@@ -391,7 +395,8 @@ class RefundDesk:
                 or (note.channel and note.channel != refund.channel):
             self.counters["unknown_refund_notifies"] += 1
             log.warning("refund notification for %s / %s, which is no refund of paycell's",
-                        note.order_id, note.refund_id, extra=self._ctx(note.refund_id, note.channel))
+                        note.order_id, note.refund_id,
+                        extra=self._ctx(note.refund_id, note.channel))
             return True
         if note.refund_status is None:
             return True

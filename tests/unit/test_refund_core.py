@@ -1,4 +1,5 @@
-"""The refund lifecycle table, the refund record, the order's refund sums, refund ids on the wire."""
+"""The refund lifecycle table, the refund record, the order's refund sums, refund ids on the
+wire."""
 import itertools
 from datetime import date, datetime, timezone
 
@@ -83,7 +84,8 @@ def test_reserve_and_settle_keep_refunded_within_reserved_within_paid():
     order = paid_order(600)
     assert order.paid_at == NOW + 1
     held = reserve(reserve(order, 200), 400)
-    assert (held.refund_reserved, held.refunded_amount, held.updated_at) == (600, 0, order.updated_at)
+    assert (held.refund_reserved, held.refunded_amount, held.updated_at) == (
+        600, 0, order.updated_at)
     with pytest.raises(AssertionError):
         reserve(held, 1)
     cmd = CreateRefund("demo-app", order.order_id, "a", 200)
