@@ -84,12 +84,16 @@ def error_reply(err: PaycellError) -> dict[str, Any]:
 
 class OrderShard:
     def __init__(self, settings: Settings, shard: int, *, store: StorePort,
-                 channels: ChannelPort, clock: Clock | None = None, notify_url: str = "") -> None:
+                 channels: ChannelPort, clock: Clock | None = None, notify_url: str = "",
+                 rng: random.Random | None = None) -> None:
         self._s = settings.orders
         self._shard = shard
         self._store = store
         self._channels = channels
         self._clock = clock or SystemClock()
+        # Injected by the simulation (tests/sim) so that a seed replays: the random part of order
+        # ids and the restart spread. None: order ids from `secrets`, the spread from `random`.
+        self._rng = rng
         self._notify_url = notify_url
         # Orders not final yet. None: known open, record not loaded (after a restart the shard
         # rebuilds which orders are open and their schedule; each record is read when needed).
@@ -144,7 +148,7 @@ class OrderShard:
         for oid in ids:
             if oid not in self._open:
                 self._open[oid] = None
-                self._schedule(now + random.random() * spread_s, oid, "query")
+                self._schedule(now + (self._rng or random).random() * spread_s, oid, "query")
         if ids:
             log.info("shard %d rebuilt %d open orders", self._shard, len(ids),
                      extra={"shard": self._shard})
@@ -316,7 +320,8 @@ class OrderShard:
                 raise Overloaded("too many open orders on this shard", retry_after_s=1)
             candidates = self._candidates(cmd)
             now = self._clock.time()
-            oid = make_order_id(self._s.region, self._s.set_name, self._shard, int(now * 1000))
+            oid = make_order_id(self._s.region, self._s.set_name, self._shard, int(now * 1000),
+                                None if self._rng is None else self._rng.getrandbits(64))
             order = replace(Order.new(oid, cmd, now), charge_sent=True,
                             channel=candidates[0], routed=not cmd.channel)
             try:
