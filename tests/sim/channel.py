@@ -203,8 +203,8 @@ class SimChannels:
                 result = ChannelResult(Fact.WAITING, raw_status="TRADE_NOT_EXIST", exists=False)
             else:
                 result = self._result(trade)
-            world.note(f"{channel} query {order_id} -> "
-                       f"{type(result).__name__ if isinstance(result, ChannelError) else result.fact.value}")
+            said = type(result).__name__ if isinstance(result, ChannelError) else result.fact.value
+            world.note(f"{channel} query {order_id} -> {said}")
             self._later(reply_at, _settle, fut, result)
 
         self._later(run_at, run)
@@ -232,7 +232,8 @@ class SimChannels:
                 result = OutcomeUnknown("HTTP 500 before cancel")
             else:
                 result = self._apply_cancel(channel, order_id)
-                world.note(f"{channel} cancel {order_id} -> {self.ledger[(channel, order_id)].state}")
+                world.note(f"{channel} cancel {order_id} -> "
+                           f"{self.ledger[(channel, order_id)].state}")
                 if lost:
                     result = OutcomeUnknown("connection reset after cancel")
             self._later(reply_at, _settle, fut, result)

@@ -67,7 +67,8 @@ class Summary:
             f"violations {dict(sorted(self.violations.items())) or 0}",
         ]
         if self.with_faults:
-            lines.append(f"opt-in faults on: {sorted(k.removeprefix('p_') for k in self.with_faults)}")
+            kinds = sorted(k.removeprefix("p_") for k in self.with_faults)
+            lines.append(f"opt-in faults on: {kinds}")
         return "\n".join(lines)
 
     def failure_report(self) -> str:

@@ -134,7 +134,6 @@ class World:
                                     double_charge="double_charge" in bugs)
         self.faults_on = sw.faulty
         self.live: Incarnation | None = None
-        self.dead: set[int] = set()
         self._incarnations = itertools.count(1)
         self.crashes = 0
         self.faults: Counter[str] = Counter()
@@ -257,7 +256,6 @@ class World:
         if inc is None:
             return                  # already down, restart pending
         self.live = None
-        self.dead.add(inc.id)
         self.crashes += 1
         killed = self.loop.kill_incarnation(inc.id)
         self._trace.append(f"{self.loop.time():.6f} crash {inc.id} ({killed} tasks)")
