@@ -8,6 +8,7 @@ import redis.asyncio as aioredis
 
 from actors.names import shard_actor_name
 from actors.local_channels import LocalChannelPort
+from actors.merchant_notify import MerchantNotifier
 from actors.shard import OrderShard
 from actors.store import OrderStore
 from channels.registry import enabled_channels
@@ -44,11 +45,15 @@ class LiveOrderShard(OrderShard):
         configure_logs(settings.log_level)
         store = OrderStore(redis_client(settings), settings.orders.set_name, shard,
                            idempotency_ttl_s=settings.orders.idempotency_ttl_s,
-                           commit_batch_max=settings.orders.commit_batch_max)
+                           commit_batch_max=settings.orders.commit_batch_max,
+                           event_keep_s=settings.merchant_notify.event_keep_s)
+        notifier = MerchantNotifier(settings.merchant_notify, shard, store=store,
+                                    app_secrets=settings.app_secrets())
+        store.on_events = notifier.wake
         channels = LocalChannelPort(settings, {ch: notify_url(settings, ch)
                                                for ch in enabled_channels(settings)})
         super().__init__(settings, shard, store=store, channels=channels,
-                         notify_url="")
+                         notify_url="", notifier=notifier)
         self.node_id = ray.get_runtime_context().get_node_id()
 
 

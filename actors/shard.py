@@ -39,6 +39,7 @@ import orjson
 
 from actors.board import TaskBoard
 from actors.locks import KeyedLocks
+from actors.merchant_notify import MerchantNotifier
 from actors.refunds import QUERY as REFUND_QUERY, RefundDesk, RefundStorePort, refund_reply
 from actors.store import KeyTaken
 from channels.base import (Capabilities, ChargeRequest, ChannelError, ChannelResult, NotSent,
@@ -96,7 +97,8 @@ def error_reply(err: PaycellError) -> dict[str, Any]:
 class OrderShard:
     def __init__(self, settings: Settings, shard: int, *, store: StorePort,
                  channels: ChannelPort, clock: Clock | None = None, notify_url: str = "",
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 notifier: MerchantNotifier | None = None) -> None:
         self._s = settings.orders
         self._shard = shard
         self._store = store
@@ -106,6 +108,9 @@ class OrderShard:
         # ids and the restart spread. None: order ids from `secrets`, the spread from `random`.
         self._rng = rng
         self._notify_url = notify_url
+        # Merchant events (actors/merchant_notify.py): the store writes them with the final
+        # state; this delivers them, from the shard's own loop, once the shard has started.
+        self._notifier = notifier
         # Orders not final yet. None: known open, record not loaded (after a restart the shard
         # rebuilds which orders are open and their schedule; each record is read when needed).
         self._open: dict[str, Order | None] = {}
@@ -150,6 +155,8 @@ class OrderShard:
                 raise
             self._started.set_result(None)
             self._ticker = asyncio.get_running_loop().create_task(self._tick_loop())
+            if self._notifier is not None:
+                self._notifier.start()   # takes the events a previous incarnation left due
         await asyncio.shield(self._started)
 
     async def _rebuild(self) -> None:
@@ -181,6 +188,7 @@ class OrderShard:
         return {"shard": self._shard, "pid": os.getpid(), "open": len(self._open),
                 "recent": len(self._recent), "due": len(self._due), **self.counters,
                 "open_refunds": self._refunds.open_count, **self._refunds.counters,
+                **(await self._notifier.stats() if self._notifier is not None else {}),
                 "channels": self._channels.stats()}
 
     def _ctx(self, order_id: str, channel: str) -> dict[str, Any]:

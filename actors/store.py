@@ -9,6 +9,14 @@ Cluster slot and can share a MULTI/EXEC:
   pc:{tag}:ri:<order_id>                the order's refunds: hash out_refund_no -> refund id
                                         (its idempotency index; kept as long as the order)
   pc:{tag}:ropen                        set of refund ids not yet final
+  pc:{tag}:ev:<event_id>                a merchant event (hash: body, url, app_id, state,
+                                        attempts, last_error); expires after event_keep_s
+  pc:{tag}:evdue                        sorted set: pending event ids by when they are due
+  pc:{tag}:evdead                       sorted set: dead or refused event ids by when (bounded)
+An order or refund write that makes it final carries its merchant event when the order has a
+notify_url (actors/merchant_notify.py): the event lands in the same atomic script call as the
+final state, so it is never lost to a crash between the two, and only when that call moved the
+object out of its open set, so a repeated or retried final write never enqueues it twice.
 A refund write carries its order's record too (the order's refund sums change with it), in one
 write unit, so both land together or neither does.
 Writes queued while a commit is in flight ride in the next one: one round trip and, with
@@ -20,13 +28,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from core.errors import Unavailable
+from core.events import order_event, refund_event
 from core.order import Order
 from core.refund import Refund
 
@@ -39,6 +48,10 @@ from core.refund import Refund
 #                 record, the order's refund_reserved and refunded_amount the write is based on,
 #                 refund_reserved after it
 # (n: new, p/f: the order's / the refund's status is pending / final.)
+# A final write may carry a merchant event (flag has 'e'): two more keys, the event's hash and
+# the due set, and six more args: event id, body, url, app id, due time, seconds to keep it. It
+# is written (HSETNX: never twice) only when this write removes the order or refund from its
+# open set, i.e. when it is the write that made it final.
 # Nothing of the batch is written if any write is refused; the refused ones come back as
 # {position (1-based), reason} pairs:
 #   taken    a new order's idempotency key, or a new refund's out_refund_no, names another one
@@ -65,6 +78,12 @@ while a <= #ARGV do
     w.idem, w.id, w.orec = KEYS[k + 1], ARGV[a + 1], ARGV[a + 2]
     k, a = k + 2, a + 3
   end
+  if string.find(flag, 'e', 1, true) then
+    w.ev, w.due = KEYS[k], KEYS[k + 1]
+    w.eid, w.ebody, w.eurl, w.eapp = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+    w.eat, w.ekeep = ARGV[a + 4], tonumber(ARGV[a + 5])
+    k, a = k + 2, a + 6
+  end
   table.insert(writes, w)
 end
 
@@ -86,6 +105,15 @@ local function refund_refusal(w)
   end
   if w.reserved > tonumber(o.amount) then return 'exceeds' end
   return nil
+end
+
+local function emit(w)
+  if w.ev and redis.call('HSETNX', w.ev, 'body', w.ebody) == 1 then
+    redis.call('HSET', w.ev, 'url', w.eurl, 'app_id', w.eapp, 'state', 'pending',
+               'attempts', 0)
+    redis.call('EXPIRE', w.ev, w.ekeep)
+    redis.call('ZADD', w.due, w.eat, w.eid)
+  end
 end
 
 local refused = {}
@@ -113,7 +141,7 @@ for _, w in ipairs(writes) do
       redis.call('HSET', w.index, w.no, w.id)
     end
     if w.final then
-      redis.call('SREM', KEYS[2], w.id)
+      if redis.call('SREM', KEYS[2], w.id) == 1 then emit(w) end
     else
       redis.call('SADD', KEYS[2], w.id)
     end
@@ -122,13 +150,23 @@ for _, w in ipairs(writes) do
       redis.call('SET', w.idem, w.id, 'EX', ttl)
     end
     if w.final then
-      redis.call('SREM', KEYS[1], w.id)
+      if redis.call('SREM', KEYS[1], w.id) == 1 then emit(w) end
     else
       redis.call('SADD', KEYS[1], w.id)
     end
   end
 end
 return {}
+"""
+
+
+# Due events, at most ARGV[2] of them, each leased until ARGV[3] (not due again before then).
+_TAKE_DUE_LUA = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[3], id)
+end
+return ids
 """
 
 
@@ -163,7 +201,7 @@ class _Write:
 
 class OrderStore:
     def __init__(self, client: aioredis.Redis, set_name: str, shard: int, *,
-                 idempotency_ttl_s: int, commit_batch_max: int) -> None:
+                 idempotency_ttl_s: int, commit_batch_max: int, event_keep_s: int = 0) -> None:
         self._r = client
         self._tag = f"{{{set_name}.{shard}}}"
         self._ttl = idempotency_ttl_s
@@ -171,6 +209,10 @@ class OrderStore:
         self._queue: list[_Write] = []
         self._flusher: asyncio.Task[None] | None = None
         self._commit_script = client.register_script(_COMMIT_LUA)
+        # Merchant events (0: none are written; the simulation's store runs without them).
+        self._event_keep_s = event_keep_s
+        self._take_due_script = client.register_script(_TAKE_DUE_LUA) if event_keep_s else None
+        self.on_events: Callable[[], None] | None = None   # called after a commit with events
         self.commits = 0    # observability: commit script calls
         self.writes = 0     # observability: order writes committed
 
@@ -194,6 +236,17 @@ class OrderStore:
     @property
     def open_refunds_key(self) -> str:
         return f"pc:{self._tag}:ropen"
+
+    def event_key(self, event_id: str) -> str:
+        return f"pc:{self._tag}:ev:{event_id}"
+
+    @property
+    def due_events_key(self) -> str:
+        return f"pc:{self._tag}:evdue"
+
+    @property
+    def dead_events_key(self) -> str:
+        return f"pc:{self._tag}:evdead"
 
     # ---- reads ----
     async def get(self, order_id: str) -> Order | None:
@@ -294,27 +347,95 @@ class OrderStore:
         nothing was written)."""
         keys = [self.open_key, self.open_refunds_key]
         args: list[Any] = [self._ttl]
+        events = 0
         for w in batch:
             o, r = w.order, w.refund
+            event = self._event_of(w)
+            e = "e" if event else ""
             if r is None:
                 keys += [self.order_key(o.order_id), self.idem_key(o.app_id, o.out_trade_no)]
-                flag = ("n" if w.new else "") + ("f" if o.status.is_final else "p")
+                flag = ("n" if w.new else "") + e + ("f" if o.status.is_final else "p")
                 args += [flag, o.order_id, orjson.dumps(o.to_record())]
-                continue
-            assert w.base is not None
-            keys += [self.order_key(o.order_id), self.refund_key(r.refund_id),
-                     self.refunds_key(o.order_id)]
-            flag = "R" + ("n" if w.new else "") + ("f" if r.status.is_final else "p")
-            args += [flag, r.refund_id, r.out_refund_no, orjson.dumps(r.to_record()),
-                     orjson.dumps(o.to_record()), w.base.reserved, w.base.refunded,
-                     o.refund_reserved]
+            else:
+                assert w.base is not None
+                keys += [self.order_key(o.order_id), self.refund_key(r.refund_id),
+                         self.refunds_key(o.order_id)]
+                flag = "R" + ("n" if w.new else "") + e + ("f" if r.status.is_final else "p")
+                args += [flag, r.refund_id, r.out_refund_no, orjson.dumps(r.to_record()),
+                         orjson.dumps(o.to_record()), w.base.reserved, w.base.refunded,
+                         o.refund_reserved]
+            if event:
+                eid, body, at = event
+                keys += [self.event_key(eid), self.due_events_key]
+                args += [eid, body, o.notify_url, o.app_id, repr(at), self._event_keep_s]
+                events += 1
         refused = await self._commit_script(keys=keys, args=args)
         if refused:
             return {int(refused[i]) - 1: _text(refused[i + 1])
                     for i in range(0, len(refused), 2)}
         self.commits += 1
         self.writes += len(batch)
+        if events and self.on_events is not None:
+            self.on_events()
         return {}
+
+    def _event_of(self, w: _Write) -> tuple[str, bytes, float] | None:
+        """(event id, body, due time) of the merchant event a final write carries, if any."""
+        o, r = w.order, w.refund
+        if not self._event_keep_s or not o.notify_url:
+            return None
+        if r is None:
+            if not o.status.is_final:
+                return None
+            eid, body = order_event(o)
+            return eid, body, o.updated_at
+        if not r.status.is_final:
+            return None
+        eid, body = refund_event(r)
+        return eid, body, r.updated_at
+
+    # ---- merchant events (actors/merchant_notify.py)
+    async def take_due_events(self, now: float, limit: int, lease_s: float) -> list[str]:
+        """Up to `limit` due event ids, each leased (not due again) for `lease_s`."""
+        assert self._take_due_script is not None, "the store keeps no events"
+        ids = await self._call(self._take_due_script(
+            keys=[self.due_events_key], args=[repr(now), limit, repr(now + lease_s)]))
+        return [_text(i) for i in ids]
+
+    async def get_event(self, event_id: str) -> dict[str, str] | None:
+        raw = await self._call(self._r.hgetall(self.event_key(event_id)))
+        return {_text(k): _text(v) for k, v in raw.items()} if raw else None
+
+    async def event_retry(self, event_id: str, attempts: int, error: str, at: float) -> None:
+        """A failed attempt: count it and make the event due again at `at`."""
+        async with self._r.pipeline(transaction=True) as p:
+            p.hset(self.event_key(event_id), mapping={"attempts": attempts, "last_error": error})
+            p.zadd(self.due_events_key, {event_id: at})
+            await self._call(p.execute())
+
+    async def event_settled(self, event_id: str, state: str, attempts: int, error: str,
+                            now: float, dead_kept_max: int) -> None:
+        """The event is done: `delivered`, or `dead` / `refused` (kept in the dead set)."""
+        async with self._r.pipeline(transaction=True) as p:
+            p.hset(self.event_key(event_id), mapping={"state": state, "attempts": attempts,
+                                                      "last_error": error})
+            p.zrem(self.due_events_key, event_id)
+            if state != "delivered":
+                p.zadd(self.dead_events_key, {event_id: now})
+                p.zremrangebyrank(self.dead_events_key, 0, -dead_kept_max - 1)
+            await self._call(p.execute())
+
+    async def drop_due_event(self, event_id: str) -> None:
+        """An id in the due set whose record is gone (expired)."""
+        await self._call(self._r.zrem(self.due_events_key, event_id))
+
+    async def event_counts(self) -> tuple[int, int]:
+        """(pending, dead or refused) events of this shard."""
+        async with self._r.pipeline(transaction=False) as p:
+            p.zcard(self.due_events_key)
+            p.zcard(self.dead_events_key)
+            due, dead = await self._call(p.execute())
+        return int(due), int(dead)
 
     async def _call(self, aw: Any) -> Any:
         try:

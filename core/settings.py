@@ -231,6 +231,30 @@ class RoutingSettings:
 
 
 @dataclass(frozen=True)
+class MerchantNotifySettings:
+    """Events to merchants' notify_url (actors/merchant_notify.py), delivered by each shard."""
+    enabled: bool = True               # false: events are still stored, nothing is sent
+    # Waits before each retry after a failed attempt (ms, comma-separated); when all are spent
+    # the event is dead (kept for operators). 1 + len(schedule) attempts in all.
+    retry_schedule_ms: str = "5000,15000,60000,300000,1800000,7200000"
+    request_timeout_ms: int = 5000     # one POST, connect to last byte
+    response_body_max_bytes: int = 4096  # read of the merchant's answer (it is only logged)
+    deliveries_inflight_max: int = 16  # per shard: concurrent POSTs
+    queue_max: int = 256               # per shard: due events taken from Redis at once
+    poll_ms: int = 500                 # look for due events at least this often
+    lease_ms: int = 30_000             # a taken event is not taken again before this (a crash)
+    event_keep_s: int = 7 * 86400      # event records (and their delivery state) kept this long
+    dead_kept_max: int = 100_000       # per shard: dead or refused event ids kept for operators
+    # Loopback, link-local, private, reserved... targets. Default: true in local mode (the local
+    # stack and its tests post to 127.0.0.1), false in cluster mode unless set.
+    allow_private_targets: bool = True
+
+    def retry_schedule(self) -> tuple[float, ...]:
+        """The retry waits in seconds."""
+        return tuple(int(x) / 1000 for x in self.retry_schedule_ms.split(",") if x.strip())
+
+
+@dataclass(frozen=True)
 class SandboxSettings:
     start_local: bool = True
     host: str = "127.0.0.1"
@@ -256,6 +280,7 @@ class Settings:
     qpay: QPaySettings = field(default_factory=QPaySettings)
     paypal: PayPalSettings = field(default_factory=PayPalSettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
+    merchant_notify: MerchantNotifySettings = field(default_factory=MerchantNotifySettings)
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
     apps: tuple[AppCredential, ...] = ()
 
@@ -382,6 +407,10 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None,
     settings = _build(Settings, data, "")
     if not settings.apps and settings.mode == "local":
         settings = dataclasses.replace(settings, apps=DEMO_APPS)
+    mn = data.get("merchant_notify")
+    if settings.mode != "local" and not (isinstance(mn, Mapping) and "allow_private_targets" in mn):
+        settings = dataclasses.replace(settings, merchant_notify=dataclasses.replace(
+            settings.merchant_notify, allow_private_targets=False))
     validate(settings)
     return settings
 
@@ -427,6 +456,7 @@ def validate(s: Settings) -> None:
     need(0 <= r.failovers_max <= 5, "routing.failovers_max: must be 0..5")
     unknown = sorted(set(r.fallback_order.split(",")) - set(CHANNEL_SECTIONS) - {""})
     need(not unknown, f"routing.fallback_order: unknown channel(s) {unknown}")
+    _validate_merchant_notify(s.merchant_notify, need)
     need(s.redis.appendfsync in ("always", "everysec"), "redis.appendfsync: always or everysec")
     need(1 <= s.gateway.batch_max_orders <= 10_000, "gateway.batch_max_orders: must be 1..10000")
     need(s.gateway.body_max_bytes >= 1024, "gateway.body_max_bytes: must be >= 1024")
@@ -437,3 +467,24 @@ def validate(s: Settings) -> None:
     need(bool(s.apps), "apps: at least one merchant app is needed outside local mode")
     for a in s.apps:
         need(len(a.secret.reveal()) >= 8, f"apps[{a.app_id}].secret: at least 8 characters")
+
+
+def _validate_merchant_notify(m: MerchantNotifySettings, need: Any) -> None:
+    try:
+        waits = [int(x) for x in m.retry_schedule_ms.split(",") if x.strip()]
+    except ValueError:
+        waits = [-1]
+    need(len(waits) <= 20 and all(w >= 0 for w in waits),
+         "merchant_notify.retry_schedule_ms: up to 20 comma-separated waits in ms, each >= 0")
+    need(m.request_timeout_ms > 0, "merchant_notify.request_timeout_ms: must be > 0")
+    need(m.response_body_max_bytes >= 0, "merchant_notify.response_body_max_bytes: must be >= 0")
+    need(1 <= m.deliveries_inflight_max <= 4096,
+         "merchant_notify.deliveries_inflight_max: must be 1..4096")
+    need(m.queue_max >= m.deliveries_inflight_max,
+         "merchant_notify.queue_max: must be >= deliveries_inflight_max")
+    need(m.poll_ms > 0, "merchant_notify.poll_ms: must be > 0")
+    need(m.lease_ms > m.request_timeout_ms,
+         "merchant_notify.lease_ms: must exceed request_timeout_ms")
+    need(m.event_keep_s * 1000 > sum(waits) + m.lease_ms * (len(waits) + 1),
+         "merchant_notify.event_keep_s: must outlast the whole retry schedule")
+    need(m.dead_kept_max >= 1, "merchant_notify.dead_kept_max: must be >= 1")

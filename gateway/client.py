@@ -5,21 +5,29 @@ Used by tests, benchmarks and the ``paycell`` CLI. The path and query are sent e
 """
 from __future__ import annotations
 
+import hmac
 import secrets
 import shlex
 import time
 from types import TracebackType
-from typing import Any
+from typing import Any, Mapping
 from urllib.parse import quote, urlencode
 
 import aiohttp
 import orjson
 from yarl import URL
 
+from core.events import HEADER_EVENT_ID, HEADER_SIGNATURE as EVENT_SIGNATURE
+from core.events import HEADER_TIMESTAMP as EVENT_TIMESTAMP, sign_event
 from gateway.auth import HEADER_APP, HEADER_NONCE, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign
 
 NONCE_BYTES = 16  # 32 hex characters, inside the 16-64 the API allows
 REQUEST_TIMEOUT_S = 10.0
+EVENT_TOLERANCE_S = 300   # how old (or how far ahead) an event's timestamp may be
+
+
+class EventSignatureError(ValueError):
+    """A merchant event whose headers or signature do not check out: answer it 400."""
 
 
 def new_nonce() -> str:
@@ -47,6 +55,30 @@ def _decode_body(raw: bytes, content_type: str) -> dict[str, Any]:
         decoded = orjson.loads(raw)
         return decoded if isinstance(decoded, dict) else {"value": decoded}
     return {"text": raw.decode("utf-8", errors="replace")}
+
+
+def verify_event(secret: str, headers: Mapping[str, str], body: bytes, *,
+                 tolerance_s: int = EVENT_TOLERANCE_S, now: float | None = None
+                 ) -> dict[str, Any]:
+    """Check an event paycell POSTed to your notify_url and return it (a merchant's helper).
+
+    `headers` as received (any mapping; aiohttp's and most frameworks' are case-insensitive),
+    `body` the raw bytes before any JSON parsing. Raises EventSignatureError unless
+    X-Paycell-Signature is HMAC-SHA256(app secret, "<X-Paycell-Timestamp>.<body>") in hex, the
+    timestamp is within `tolerance_s` of `now`, and the body's event_id is X-Paycell-Event-Id.
+    Deduplicate by `event_id`: an event may arrive more than once."""
+    timestamp = headers.get(EVENT_TIMESTAMP, "")
+    signature = headers.get(EVENT_SIGNATURE, "")
+    if not timestamp.isdigit() or not signature:
+        raise EventSignatureError("missing or malformed X-Paycell-Timestamp / -Signature")
+    if abs((time.time() if now is None else now) - int(timestamp)) > tolerance_s:
+        raise EventSignatureError("timestamp outside the tolerance window")
+    if not hmac.compare_digest(sign_event(secret, timestamp, body), signature.lower()):
+        raise EventSignatureError("bad signature")
+    event = orjson.loads(body)
+    if not isinstance(event, dict) or event.get("event_id") != headers.get(HEADER_EVENT_ID):
+        raise EventSignatureError("the body's event_id is not X-Paycell-Event-Id")
+    return event
 
 
 class PaycellClient:

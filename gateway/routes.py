@@ -54,7 +54,10 @@ async def create_order(request: web.Request) -> web.Response:
     channels: list[str] = sorted(request.app[keys.NOTIFIERS].keys())
     if not channels:
         raise Unavailable("no payment channel is enabled")
-    cmd = replace(parse_create_order(app_id, body, channels), received_at=received_at)
+    cmd = replace(parse_create_order(
+        app_id, body, channels,
+        allow_private_targets=settings.merchant_notify.allow_private_targets),
+        received_at=received_at)
     shard = shard_for_key(app_id, cmd.out_trade_no, settings.orders.shard_count)
     reply = await request.app[keys.BATCHER].submit(shard, cmd)
     return _order_reply(request, reply)

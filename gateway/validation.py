@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from core.errors import NotFound, ValidationError
+from core.netguard import blocked_reason, literal_ip
 from core.ids import parse_order_id
 from core.money import AMOUNT_MINOR_MAX, CURRENCY_EXPONENT
 from core.order import CreateOrder
@@ -61,12 +62,14 @@ class _Problems:
             raise ValidationError(f"invalid field(s): {fields}", errors=self.errors)
 
 
-def parse_create_order(app_id: str, body: bytes, channels: Collection[str]) -> CreateOrder:
+def parse_create_order(app_id: str, body: bytes, channels: Collection[str], *,
+                       allow_private_targets: bool = True) -> CreateOrder:
     """Parse and check a POST /v1/orders body; raises ``ValidationError`` listing every problem.
     Without ``channel`` the order is routed: paycell chooses among the enabled ``channels``.
 
     ``device`` and ``region`` are checked but not carried: ``CreateOrder`` has no place for
-    them yet.
+    them yet. Without ``allow_private_targets`` a ``notify_url`` naming a loopback, private,
+    link-local... IP literal is refused (names are checked when events are delivered).
     """
     data = parse_json_object(body)
     problems = _Problems()
@@ -81,7 +84,8 @@ def parse_create_order(app_id: str, body: bytes, channels: Collection[str]) -> C
     currency = _check(problems, data, "currency", _currency_problem)
     subject = _check(problems, data, "subject", _subject_problem)
     channel = _check(problems, data, "channel", lambda v: _channel_problem(v, channels))
-    notify_url = _check(problems, data, "notify_url", _notify_url_problem)
+    notify_url = _check(problems, data, "notify_url",
+                        lambda v: _notify_url_problem(v, allow_private_targets))
     _check(problems, data, "region", _region_problem)
     country = _check(problems, data, "country", _country_problem)
     if "device" in data:
@@ -236,7 +240,7 @@ def _region_problem(value: Any) -> str:
     return "must be 1-32 of [a-z0-9-]"
 
 
-def _notify_url_problem(value: Any) -> str:
+def _notify_url_problem(value: Any, allow_private_targets: bool = True) -> str:
     message = f"must be an http or https URL of at most {NOTIFY_URL_LEN_MAX} characters"
     if not isinstance(value, str) or len(value) > NOTIFY_URL_LEN_MAX:
         return message
@@ -250,6 +254,9 @@ def _notify_url_problem(value: Any) -> str:
         return message
     if parts.scheme not in ("http", "https") or not hostname:
         return message
+    ip = None if allow_private_targets else literal_ip(hostname)
+    if ip is not None and (reason := blocked_reason(ip)):
+        return f"names a {reason} address, which paycell does not call"
     return ""
 
 
