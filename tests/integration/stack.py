@@ -29,6 +29,9 @@ TEST_ORDERS = {"sync_deadline_ms": 500, "query_first_delay_ms": 1500, "query_int
 # A short routing window so that tests/integration/test_routing.py sees shifts in seconds.
 TEST_ROUTING = {"window_s": 6, "window_buckets": 6, "min_samples": 10, "breaker_open_ms": 2000}
 
+# Merchant events retried in a second, not in hours (tests/integration/test_merchant_notify.py).
+TEST_MERCHANT_NOTIFY = {"retry_schedule_ms": "300,600,900", "poll_ms": 100}
+
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     tree: dict[str, Any] = {
@@ -39,6 +42,7 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "ray": {"namespace": f"paycelltest{os.getpid()}"},
         "orders": dict(TEST_ORDERS),
         "routing": dict(TEST_ROUTING),
+        "merchant_notify": dict(TEST_MERCHANT_NOTIFY),
     }
     for k, v in overrides.items():
         tree[k] = {**tree.get(k, {}), **v} if isinstance(v, dict) else v
