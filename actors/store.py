@@ -170,6 +170,12 @@ return ids
 """
 
 
+def event_set_keys(set_name: str, shard: int) -> tuple[str, str]:
+    """(due events, dead or refused events) of one shard: what /metrics counts."""
+    tag = f"{{{set_name}.{shard}}}"
+    return f"pc:{tag}:evdue", f"pc:{tag}:evdead"
+
+
 class KeyTaken(Exception):
     """A new order's idempotency key already names another order (nothing was written)."""
 
@@ -242,7 +248,7 @@ class OrderStore:
 
     @property
     def due_events_key(self) -> str:
-        return f"pc:{self._tag}:evdue"
+        return f"pc:{self._tag}:evdue"      # (event_set_keys names the same two)
 
     @property
     def dead_events_key(self) -> str:

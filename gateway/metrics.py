@@ -1,7 +1,7 @@
 """Prometheus metrics of one gateway, in a registry owned by its app (no module globals)."""
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1, 2.5, 5)
 
@@ -21,6 +21,13 @@ class GatewayMetrics:
         self.notifications = Counter("paycell_gateway_notifications",
                                      "Channel notifications by channel and result",
                                      ["channel", "result"], registry=self.registry)
+
+        self.events_due = Gauge("paycell_merchant_events_due",
+                                "Merchant events waiting for delivery (incl. retries), by shard",
+                                ["shard"], registry=self.registry)
+        self.events_dead = Gauge("paycell_merchant_events_dead",
+                                 "Merchant events given up (dead or refused) and kept for "
+                                 "operators, by shard", ["shard"], registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

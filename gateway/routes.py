@@ -8,7 +8,9 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from redis.exceptions import RedisError
 
+from actors.store import event_set_keys
 from channels.base import ProtocolError
 from core.errors import (NotFound, PaycellError, Unavailable, UnsupportedMediaType,
                          ValidationError, error_for_code)
@@ -180,8 +182,26 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    await _refresh_event_gauges(request.app)
     return web.Response(body=request.app[keys.METRICS].render(),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def _refresh_event_gauges(app: web.Application) -> None:
+    """Merchant events due and dead per shard, counted in Redis (one round trip); left as
+    they were when Redis does not answer."""
+    o, m = app[keys.SETTINGS].orders, app[keys.METRICS]
+    try:
+        async with app[keys.REDIS].pipeline(transaction=False) as p:
+            for shard in range(o.shard_count):
+                for key in event_set_keys(o.set_name, shard):
+                    p.zcard(key)
+            counts = await p.execute()
+    except (RedisError, OSError, asyncio.TimeoutError):
+        return
+    for shard in range(o.shard_count):
+        m.events_due.labels(str(shard)).set(counts[2 * shard])
+        m.events_dead.labels(str(shard)).set(counts[2 * shard + 1])
 
 
 def add_routes(app: web.Application) -> None:

@@ -219,3 +219,22 @@ async def test_event_committed_before_any_notifier_runs_is_delivered_later(store
     assert stored is not None and stored["state"] == "delivered"
     await store.commit(paid)                              # the final write again (lost reply)
     assert await store.event_counts() == (0, 0)           # nothing enqueued a second time
+
+
+async def test_metrics_count_due_and_dead_events_per_shard(stack, receiver) -> None:
+    import aiohttp
+    s = stack["settings"]
+    client = redis_client(s)
+    store = OrderStore(client, s.orders.set_name, 1, idempotency_ttl_s=60, commit_batch_max=8,
+                       event_keep_s=3600)
+    try:
+        before = await store.event_counts()
+        await client.zadd(store.dead_events_key, {"ev_metrics_probe": time.time()})
+        async with aiohttp.ClientSession() as http:
+            async with http.get(stack["url"] + "/metrics") as r:
+                text = await r.text()
+        assert f'paycell_merchant_events_dead{{shard="1"}} {float(before[1] + 1)}' in text
+        assert 'paycell_merchant_events_due{shard="0"}' in text
+    finally:
+        await client.zrem(store.dead_events_key, "ev_metrics_probe")
+        await client.aclose()
