@@ -415,7 +415,8 @@ class OrderStore:
     async def event_retry(self, event_id: str, attempts: int, error: str, at: float) -> None:
         """A failed attempt: count it and make the event due again at `at`."""
         async with self._r.pipeline(transaction=True) as p:
-            p.hset(self.event_key(event_id), mapping={"attempts": attempts, "last_error": error})
+            p.hset(self.event_key(event_id),
+                   mapping={"attempts": attempts, "last_error": error})
             p.zadd(self.due_events_key, {event_id: at})
             await self._call(p.execute())
 

@@ -408,7 +408,8 @@ def load_settings(path: str | None = None, env: Mapping[str, str] | None = None,
     if not settings.apps and settings.mode == "local":
         settings = dataclasses.replace(settings, apps=DEMO_APPS)
     mn = data.get("merchant_notify")
-    if settings.mode != "local" and not (isinstance(mn, Mapping) and "allow_private_targets" in mn):
+    explicit = isinstance(mn, Mapping) and "allow_private_targets" in mn
+    if settings.mode != "local" and not explicit:
         settings = dataclasses.replace(settings, merchant_notify=dataclasses.replace(
             settings.merchant_notify, allow_private_targets=False))
     validate(settings)
@@ -477,7 +478,8 @@ def _validate_merchant_notify(m: MerchantNotifySettings, need: Any) -> None:
     need(len(waits) <= 20 and all(w >= 0 for w in waits),
          "merchant_notify.retry_schedule_ms: up to 20 comma-separated waits in ms, each >= 0")
     need(m.request_timeout_ms > 0, "merchant_notify.request_timeout_ms: must be > 0")
-    need(m.response_body_max_bytes >= 0, "merchant_notify.response_body_max_bytes: must be >= 0")
+    need(m.response_body_max_bytes >= 0,
+         "merchant_notify.response_body_max_bytes: must be >= 0")
     need(1 <= m.deliveries_inflight_max <= 4096,
          "merchant_notify.deliveries_inflight_max: must be 1..4096")
     need(m.queue_max >= m.deliveries_inflight_max,
