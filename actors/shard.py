@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import orjson
 
 from actors.board import TaskBoard
+from actors.reconcile_match import Settlement
 from actors.store import KeyTaken
 from channels.base import (ChargeRequest, ChannelError, ChannelResult, NotSent, Notification,
                            OutcomeUnknown)
@@ -609,3 +610,53 @@ class OrderShard:
         else:
             log.error("order %s: cancel failed %d times; left PENDING for reconciliation",
                       order.order_id, attempts, extra=self._ctx(order.order_id, order.channel))
+
+    # ------------------------------------------------------------------ batch rung: reconciliation
+    async def settle(self, facts: list[Settlement]) -> list[dict[str, Any]]:
+        """Facts the reconciler established from a channel's statement or its cancel, applied
+        with rung `reconcile` through the same state machine: each under its order's lock,
+        committed before memory changes. One answer per fact, `outcome` one of moved, noop
+        (already so, e.g. resolved meanwhile by another rung), conflict (contradicts a final
+        status or the order's amount: reported, not applied), unknown (no such order) or
+        unavailable (not durable; the next run tries again)."""
+        await self.ensure_started()
+        return list(await asyncio.gather(*(self._settle_one(f) for f in facts)))
+
+    async def _settle_one(self, f: Settlement) -> dict[str, Any]:
+        oid = f.order_id
+        lock = self._locks.setdefault(oid, asyncio.Lock())
+        try:
+            async with lock:
+                order = await self._load(oid)
+                if order is None:
+                    return {"order_id": oid, "outcome": "unknown"}
+                if f.fact is Fact.PAID and (
+                        (f.amount is not None and f.amount != order.amount)
+                        or (f.currency and f.currency != order.currency)):
+                    self.counters["fact_conflicts"] += 1
+                    log.error("order %s: reconciled payment %s %s differs; not applied", oid,
+                              f.amount, f.currency, extra=self._ctx(oid, order.channel))
+                    return {"order_id": oid, "outcome": "conflict", "status": order.status.value}
+                new, decision = order.learn(f.fact, Rung.RECONCILE, self._clock.time(),
+                                            channel_trade_no=f.channel_trade_no,
+                                            failure_code=f.failure_code)
+                if decision.outcome is Outcome.CONFLICT:
+                    self.counters["fact_conflicts"] += 1
+                    log.error("order %s: reconciled %s contradicts %s; reported, not applied",
+                              oid, f.fact.value, order.status.value,
+                              extra=self._ctx(oid, order.channel))
+                if new is not order:
+                    await self._store.commit(new)
+                    self._remember(new)
+                if new.status.is_final:
+                    self._locks.pop(oid, None)
+                    self._cancel_attempts.pop(oid, None)
+                    waiting = self._sync_done.get(oid)
+                    if waiting is not None:
+                        waiting.set()
+        except PaycellError as e:
+            return {"order_id": oid, "outcome": "unavailable", "detail": e.code}
+        self.counters["reconciled"] = self.counters.get("reconciled", 0) + (
+            decision.outcome is Outcome.MOVED)
+        return {"order_id": oid, "outcome": decision.outcome.value, "status": new.status.value,
+                "resolved_by": new.resolved_by.value if new.resolved_by else None}
