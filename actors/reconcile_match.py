@@ -207,7 +207,7 @@ class Matcher:
                 self._unknown(oid, pays, refunds, paycell_id=ref is not None)
                 continue
             self._payments(order, pays, refunds)
-            self._refunds(order, refunds)
+            self._refunds(order, pays, refunds)
 
     def _finding(self, kind: Kind, oid: str, detail: str, order: Order | None,
                  lines: list[StatementLine]) -> Finding:
@@ -302,7 +302,8 @@ class Matcher:
                           order, good)
         self.plan.verify.append(Verify(order, f, self._refund_plans(order, good, 1, f.kind)))
 
-    def _refunds(self, order: Order, refunds: list[StatementLine]) -> None:
+    def _refunds(self, order: Order, pays: list[StatementLine],
+                 refunds: list[StatementLine]) -> None:
         ours = [x for x in refunds if x.refund_id in self.ctx.own_refunds]
         theirs = [x for x in refunds if x.refund_id not in self.ctx.own_refunds]
         self.plan.count("own_refund_lines", len(ours))
@@ -311,9 +312,9 @@ class Matcher:
         total = sum(x.amount for x in theirs)
         if order.status is OrderStatus.SUCCEEDED and total <= order.refunded_amount:
             self.plan.count("refunds_matched", len(theirs))
-        elif order.status is not OrderStatus.SUCCEEDED and order.failure_code == REVERSED_CODE \
-                and total <= order.amount:
-            self.plan.count("refunds_matched", len(theirs))
+        elif order.status is not OrderStatus.SUCCEEDED and total <= order.amount and (
+                order.failure_code == REVERSED_CODE or pays):
+            self.plan.count("refunds_matched", len(theirs))   # a reversal of its payment
         else:
             self._finding(Kind.REFUND_MISMATCH, order.order_id,
                           f"channel refunded {total} that day, paycell has refunded "
