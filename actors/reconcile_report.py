@@ -118,10 +118,14 @@ class Run:
         }
 
 
-def _money(amount: int, currency: str) -> str:
+def _amount(amount: int, currency: str) -> str:
     if currency in CURRENCY_EXPONENT:
-        return f"{minor_to_decimal_str(amount, currency)} {currency}"
-    return f"{amount} {currency} minor units"
+        return minor_to_decimal_str(amount, currency)
+    return f"{amount} (minor units)"
+
+
+def _money(amount: int, currency: str) -> str:
+    return f"{_amount(amount, currency)} {currency}"
 
 
 def render_text(r: dict[str, Any]) -> str:
@@ -135,8 +139,8 @@ def render_text(r: dict[str, Any]) -> str:
     st = r["statement"]
     if st:
         money = "; ".join(
-            f"{cur} paid {_money(t['paid'], cur)}, refunded {_money(t['refunded'], cur)}, "
-            f"fees {_money(t['fees'], cur)}" for cur, t in sorted(st["totals"].items()))
+            f"{cur}: paid {_amount(t['paid'], cur)}, refunded {_amount(t['refunded'], cur)}, "
+            f"fees {_amount(t['fees'], cur)}" for cur, t in sorted(st["totals"].items()))
         out.append(f"  statement: {st['lines']} lines ({st['payments']} payments, "
                    f"{st['refunds']} refunds){'; ' + money if money else ''}"
                    + ("" if st["summary_matches"] else "; ITS SUMMARY DISAGREES WITH ITS ROWS"))

@@ -228,7 +228,8 @@ class ReconcileSettings:
     days_back: int = 1                 # days the daily run covers (1: yesterday only)
     interval_s: int = 0                # also reconcile today every interval_s (0: off); only for
                                        # channels whose statement covers the day in progress
-    channels: str = ""                 # comma-separated; empty: every enabled channel
+    channels: str = ""                 # scheduled runs' channels, comma-separated; empty: every
+                                       # enabled one (on demand: any enabled channel)
     statement_lag_s: int = 300         # a trade is on the channel's statement this long after it
     channel_calls_inflight_max: int = 8   # cancel / query / refund calls of one run at once
     actions_max: int = 10_000          # channel calls of one run; the rest wait for the next run

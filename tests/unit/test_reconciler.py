@@ -545,3 +545,23 @@ def test_operator_credentials_are_checked() -> None:
     s = load_settings(env={"PAYCELL_OPS__OPERATOR_SECRET": "an-operator-secret-0123"})
     assert s.ops.operator_secret.reveal() == "an-operator-secret-0123"
     assert "an-operator" not in repr(s.ops)
+
+
+async def test_the_text_summary_reads_the_report() -> None:
+    w = World()
+    o = w.order(OrderStatus.SUCCEEDED, amount=1200)
+    w.channel.paid(o.order_id, amount=1200, times=2)
+    w.channel.lines.append(replace(w.channel.lines[0], fee=7))
+    w.channel.fail.add("refund")
+    text = render_text(await w.run())
+    lines = text.splitlines()
+    assert lines[0] == ("Reconciliation of alipay for 2026-11-25 (region local, SET s0): "
+                        "complete, run 1")
+    assert lines[2] == ("  statement: 3 lines (3 payments, 0 refunds); "
+                        "CNY: paid 36.00, refunded 0.00, fees 0.07")
+    assert "  mismatches: 1 (paid_twice 1)" in lines
+    rid2, rid3 = (refund_id_for("alipay", o.order_id, n) for n in (2, 3))
+    assert (f"    paid_twice             {o.order_id}  3 payments for one order: the extra 2 "
+            f"refunded [refund {rid2} 12.00 CNY UNKNOWN] [refund {rid3} 12.00 CNY UNKNOWN]"
+            ) in lines
+    assert "  errors: 2" in lines and text.endswith("\n")
