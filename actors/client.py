@@ -90,6 +90,11 @@ class ShardClient:
         result: list[dict[str, Any]] = await self._call(shard, "settle", facts)
         return result
 
+    async def reconcile_close(self, shard: int, order_ids: list[str]) -> list[dict[str, Any]]:
+        """Unpaid orders for the shard to close at the channel (OrderShard.reconcile_close)."""
+        result: list[dict[str, Any]] = await self._call(shard, "reconcile_close", order_ids)
+        return result
+
 
 class ReconcilerClient:
     """What the gateway uses to reach the SET's Reconciler actor."""

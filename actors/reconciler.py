@@ -7,8 +7,10 @@ One run of (channel, day):
              min(end of day, fetch time - reconcile.statement_lag_s)
   orders     the records the lines name (MGET), then every order of the day (actors/reconcile_store)
   settle     PENDING orders the statement shows paid -> PAID through their shard (rung reconcile)
-  close      PENDING orders past their async window with no payment the statement covers: the
-             channel's cancel (the fence on the trade number), then what it says through the shard
+  close      PENDING orders past their async window with no payment the statement covers: their
+             shard cancels each at the channel (the fence on the trade number) under the order's
+             lock and commits what the cancel says (so the close notification the channel sends
+             at once cannot resolve the order in between)
   confirm    SUCCEEDED orders with no payment line: the channel is queried (paid on another day?)
   verify     FAILED / CLOSED orders the statement shows paid: queried, then refunded if still paid
   refund     extra payments (and the verified ones): each refund id is deterministic, written to
@@ -34,9 +36,8 @@ import logging
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, TypeVar
 
-from actors.reconcile_match import (CLOSED_CODE, REVERSED_CODE, Finding, Kind, MatchContext,
-                                    Matcher, RefundPlan, Settlement, Verify, covered_until,
-                                    group_lines)
+from actors.reconcile_match import (Finding, MatchContext, Matcher, RefundPlan, Settlement,
+                                    Verify, covered_until, group_lines)
 from actors.reconcile_report import Run
 from channels.base import (ChannelError, ChannelResult, Connector, RefundRequest, RefundResult,
                            RefundStatus, StatementKind)
@@ -55,6 +56,8 @@ T = TypeVar("T")
 
 class SettlePort(Protocol):
     async def settle(self, shard: int, facts: list[Settlement]) -> list[dict[str, Any]]: ...
+    async def reconcile_close(self, shard: int, order_ids: list[str]
+                              ) -> list[dict[str, Any]]: ...
 
 
 class OrderSource(Protocol):
@@ -237,9 +240,9 @@ class Reconciler:
         run.took_plan(plan)
         calls = _Budget(self._rc.actions_max, self._rc.channel_calls_inflight_max)
         await self._progress(run, "settling")
-        await self._settle(run, plan.settle, {})
+        await self._settle(run, plan.settle)
         await self._progress(run, "closing")
-        await self._close(run, connector, plan.close, calls)
+        await self._close(run, plan.close, calls)
         await self._progress(run, "checking")
         await self._confirm(run, m, connector, plan.confirm, calls)
         refunds = list(plan.refunds) + await self._verify(run, connector, plan.verify, calls)
@@ -248,75 +251,62 @@ class Reconciler:
         run.count("deferred", calls.deferred)
 
     # ------------------------------------------------------------------ steps
-    async def _settle(self, run: Run, facts: list[Settlement],
-                      reversed_by_close: dict[str, bool]) -> None:
-        by_shard: dict[int, list[Settlement]] = {}
-        for f in facts:
-            ref = parse_order_id(f.order_id)
-            assert ref is not None, f.order_id
-            by_shard.setdefault(ref.shard, []).append(f)
+    async def _settle(self, run: Run, facts: list[Settlement]) -> None:
+        """Each shard applies its orders' payments, in batches; the shards work at once."""
         size = self._rc.settle_batch_max
-        for shard, items in sorted(by_shard.items()):
+
+        async def shard_settles(shard: int, items: list[Settlement]) -> None:
             for i in range(0, len(items), size):
                 batch = items[i:i + size]
                 try:
                     answers = await self._shards.settle(shard, batch)
                 except PaycellError as e:
                     for f in batch:
-                        run.error("settle", f"shard {shard}: {e.code}; the next run retries",
-                                  f.order_id)
-                        run.count("left_open")
+                        self._unreached(run, "settle", shard, e, f.order_id)
                     continue
                 for f, a in zip(batch, answers):
-                    self._settled(run, f, a, reversed_by_close.get(f.order_id, False))
+                    self._settled(run, "settle", f.fact.value, a)
                 await self._progress(run)
+        await asyncio.gather(*(shard_settles(shard, items) for shard, items
+                               in sorted(_by_shard(facts, lambda f: f.order_id).items())))
 
-    def _settled(self, run: Run, f: Settlement, a: dict[str, Any], reversed_: bool) -> None:
-        outcome, status = a["outcome"], a.get("status", "")
+    async def _close(self, run: Run, orders: list[Order], calls: _Budget) -> None:
+        """Each shard closes its orders at the channel, a few at a time (each close is a
+        channel call; channel_calls_inflight_max in all), the shards at once."""
+        groups = sorted(_by_shard(orders, lambda o: o.order_id).items())
+        size = max(1, self._rc.channel_calls_inflight_max // max(1, len(groups)))
+
+        async def shard_closes(shard: int, items: list[Order]) -> None:
+            ids = [o.order_id for o in items[:calls.take(len(items))]]
+            for i in range(0, len(ids), size):
+                batch = ids[i:i + size]
+                try:
+                    answers = await self._shards.reconcile_close(shard, batch)
+                except PaycellError as e:
+                    for oid in batch:
+                        self._unreached(run, "close", shard, e, oid)
+                    continue
+                for a in answers:
+                    self._settled(run, "close", a.get("fact", "CLOSED"), a)
+                await self._progress(run)
+        await asyncio.gather(*(shard_closes(shard, items) for shard, items in groups))
+
+    @staticmethod
+    def _unreached(run: Run, step: str, shard: int, e: PaycellError, order_id: str) -> None:
+        run.error(step, f"shard {shard}: {e.code}; the next run retries", order_id)
+        run.count("left_open")
+
+    @staticmethod
+    def _settled(run: Run, step: str, fact: str, a: dict[str, Any]) -> None:
+        outcome, status, oid = a["outcome"], a.get("status", ""), a["order_id"]
         if outcome == "moved":
-            run.add_settled(f.order_id, f.fact.value, "settled", status)
+            run.add_settled(oid, fact, "settled", status)
         elif outcome == "noop":
-            run.add_settled(f.order_id, f.fact.value, "resolved_meanwhile", status)
-        elif outcome == "conflict" and reversed_ and status == "SUCCEEDED":
-            run.add_finding(Finding(
-                Kind.STATUS_MISMATCH, f.order_id,
-                "paycell SUCCEEDED while the close reversed the payment on the channel: for "
-                "review", {"status": status}, {"action": "refund"}))
+            run.add_settled(oid, fact, "resolved_meanwhile", status)
         else:
-            run.error("settle", f"{f.fact.value}: {outcome} ({status or a.get('detail', '')})",
-                      f.order_id)
-            if outcome == "unavailable":
+            run.error(step, f"{fact}: {outcome} ({status or a.get('detail', '')})", oid)
+            if outcome in ("unavailable", "left_open"):
                 run.count("left_open")
-
-    async def _close(self, run: Run, connector: Connector, orders: list[Order],
-                     calls: _Budget) -> None:
-        async def close(order: Order) -> ChannelResult | None:
-            try:
-                return await connector.cancel(order.order_id)
-            except (ChannelError, ValueError) as e:
-                run.error("close", f"cancel: {type(e).__name__}; left open for the next run",
-                          order.order_id)
-                run.count("left_open")
-                return None
-        results = await calls.each(orders, close)
-        facts: list[Settlement] = []
-        reversed_by_close: dict[str, bool] = {}
-        for order, res in zip(orders, results):
-            if res is None:
-                continue
-            if res.fact is Fact.CLOSED:
-                reversed_by_close[order.order_id] = res.action == "refund"
-                code = REVERSED_CODE if res.action == "refund" else CLOSED_CODE
-                facts.append(Settlement(order.order_id, Fact.CLOSED, res.channel_trade_no,
-                                        failure_code=code))
-            elif res.fact is Fact.PAID:   # the channel cannot reverse: it was paid after all
-                facts.append(Settlement(order.order_id, Fact.PAID, res.channel_trade_no,
-                                        res.amount, res.currency))
-            else:
-                run.error("close", f"cancel answered {res.fact.value} ({res.raw_status}); "
-                                   "left open for the next run", order.order_id)
-                run.count("left_open")
-        await self._settle(run, facts, reversed_by_close)
 
     async def _confirm(self, run: Run, m: Matcher, connector: Connector, orders: list[Order],
                        calls: _Budget) -> None:
@@ -455,6 +445,15 @@ class Reconciler:
                           report.get("detail"), extra={"channel": channel})
 
 
+def _by_shard(items: list[T], order_id: Callable[[T], str]) -> dict[int, list[T]]:
+    out: dict[int, list[T]] = {}
+    for item in items:
+        ref = parse_order_id(order_id(item))
+        assert ref is not None, order_id(item)
+        out.setdefault(ref.shard, []).append(item)
+    return out
+
+
 class _Budget:
     """Channel calls of one run: at most `total`, `inflight` at once; the rest are deferred."""
 
@@ -463,11 +462,16 @@ class _Budget:
         self._slots = asyncio.Semaphore(inflight)
         self.deferred = 0
 
+    def take(self, n: int) -> int:
+        """How many of `n` calls the budget allows (the others are counted deferred)."""
+        allowed = max(0, min(n, self._left))
+        self._left -= allowed
+        self.deferred += n - allowed
+        return allowed
+
     async def each(self, items: list[T], call: Callable[[T], Awaitable[Any]]) -> list[Any]:
         """call(item) for the items the budget allows (None for the deferred ones), in order."""
-        allowed = items[:max(0, self._left)]
-        self.deferred += len(items) - len(allowed)
-        self._left -= len(allowed)
+        allowed = items[:self.take(len(items))]
 
         async def one(item: T) -> Any:
             async with self._slots:

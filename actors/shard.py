@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import orjson
 
 from actors.board import TaskBoard
-from actors.reconcile_match import Settlement
+from actors.reconcile_match import CLOSED_CODE, REVERSED_CODE, Settlement
 from actors.store import KeyTaken
 from channels.base import (ChargeRequest, ChannelError, ChannelResult, NotSent, Notification,
                            OutcomeUnknown)
@@ -613,50 +613,98 @@ class OrderShard:
 
     # ------------------------------------------------------------------ batch rung: reconciliation
     async def settle(self, facts: list[Settlement]) -> list[dict[str, Any]]:
-        """Facts the reconciler established from a channel's statement or its cancel, applied
-        with rung `reconcile` through the same state machine: each under its order's lock,
-        committed before memory changes. One answer per fact, `outcome` one of moved, noop
-        (already so, e.g. resolved meanwhile by another rung), conflict (contradicts a final
-        status or the order's amount: reported, not applied), unknown (no such order) or
-        unavailable (not durable; the next run tries again)."""
+        """Payments the reconciler found on a channel's statement, applied with rung
+        `reconcile` through the same state machine: each under its order's lock, committed
+        before memory changes. One answer per fact: `outcome` moved, noop (already so, e.g.
+        resolved meanwhile by another rung), conflict (contradicts a final status or the
+        order's amount: reported, not applied), unknown (no such order) or unavailable (not
+        durable; the next run tries again)."""
         await self.ensure_started()
         return list(await asyncio.gather(*(self._settle_one(f) for f in facts)))
+
+    async def reconcile_close(self, order_ids: list[str]) -> list[dict[str, Any]]:
+        """Close orders the reconciler found unpaid past their window: under the order's lock,
+        the channel's cancel (the fence on the trade number), then what it says, with rung
+        `reconcile` (CLOSED, reversed_after_window when a payment was given back, or PAID
+        when the channel reports it paid). The lock is held across the cancel, so neither the
+        close notification the channel sends at once nor a late payment notification can
+        resolve the order in between. Answers as `settle`, plus `left_open` (the cancel did not
+        answer CLOSED or PAID: the next run tries again); an order already final is a noop."""
+        await self.ensure_started()
+        return list(await asyncio.gather(*(self._reconcile_close_one(oid) for oid in order_ids)))
 
     async def _settle_one(self, f: Settlement) -> dict[str, Any]:
         oid = f.order_id
         lock = self._locks.setdefault(oid, asyncio.Lock())
         try:
             async with lock:
+                return await self._settle_locked(f)
+        except PaycellError as e:
+            return {"order_id": oid, "outcome": "unavailable", "detail": e.code}
+
+    async def _reconcile_close_one(self, oid: str) -> dict[str, Any]:
+        lock = self._locks.setdefault(oid, asyncio.Lock())
+        try:
+            async with lock:
                 order = await self._load(oid)
                 if order is None:
                     return {"order_id": oid, "outcome": "unknown"}
-                if f.fact is Fact.PAID and (
-                        (f.amount is not None and f.amount != order.amount)
-                        or (f.currency and f.currency != order.currency)):
-                    self.counters["fact_conflicts"] += 1
-                    log.error("order %s: reconciled payment %s %s differs; not applied", oid,
-                              f.amount, f.currency, extra=self._ctx(oid, order.channel))
-                    return {"order_id": oid, "outcome": "conflict", "status": order.status.value}
-                new, decision = order.learn(f.fact, Rung.RECONCILE, self._clock.time(),
-                                            channel_trade_no=f.channel_trade_no,
-                                            failure_code=f.failure_code)
-                if decision.outcome is Outcome.CONFLICT:
-                    self.counters["fact_conflicts"] += 1
-                    log.error("order %s: reconciled %s contradicts %s; reported, not applied",
-                              oid, f.fact.value, order.status.value,
-                              extra=self._ctx(oid, order.channel))
-                if new is not order:
-                    await self._store.commit(new)
-                    self._remember(new)
-                if new.status.is_final:
-                    self._locks.pop(oid, None)
-                    self._cancel_attempts.pop(oid, None)
-                    waiting = self._sync_done.get(oid)
-                    if waiting is not None:
-                        waiting.set()
+                if order.status.is_final:
+                    return self._settled_answer(order, Outcome.NOOP)
+                try:
+                    async with self._channel_slots:
+                        res = await self._channels.cancel(order.channel, oid)
+                except (ChannelError, ValueError) as e:
+                    return {"order_id": oid, "outcome": "left_open",
+                            "detail": f"cancel: {type(e).__name__}"}
+                if res.fact is Fact.CLOSED:
+                    code = REVERSED_CODE if res.action == "refund" else CLOSED_CODE
+                    fact = Settlement(oid, Fact.CLOSED, res.channel_trade_no, failure_code=code)
+                elif res.fact is Fact.PAID:
+                    fact = Settlement(oid, Fact.PAID, res.channel_trade_no, res.amount,
+                                      res.currency)
+                else:
+                    return {"order_id": oid, "outcome": "left_open",
+                            "detail": f"cancel answered {res.fact.value} {res.raw_status}"}
+                answer = await self._settle_locked(fact)
+                return {**answer, "fact": fact.fact.value, "action": res.action}
         except PaycellError as e:
             return {"order_id": oid, "outcome": "unavailable", "detail": e.code}
-        self.counters["reconciled"] = self.counters.get("reconciled", 0) + (
-            decision.outcome is Outcome.MOVED)
-        return {"order_id": oid, "outcome": decision.outcome.value, "status": new.status.value,
-                "resolved_by": new.resolved_by.value if new.resolved_by else None}
+
+    async def _settle_locked(self, f: Settlement) -> dict[str, Any]:
+        """Apply one reconciled fact; the caller holds the order's lock."""
+        oid = f.order_id
+        order = await self._load(oid)
+        if order is None:
+            return {"order_id": oid, "outcome": "unknown"}
+        if f.fact is Fact.PAID and ((f.amount is not None and f.amount != order.amount)
+                                    or (f.currency and f.currency != order.currency)):
+            self.counters["fact_conflicts"] += 1
+            log.error("order %s: reconciled payment %s %s differs; not applied", oid,
+                      f.amount, f.currency, extra=self._ctx(oid, order.channel))
+            return self._settled_answer(order, Outcome.CONFLICT)
+        new, decision = order.learn(f.fact, Rung.RECONCILE, self._clock.time(),
+                                    channel_trade_no=f.channel_trade_no,
+                                    failure_code=f.failure_code)
+        if decision.outcome is Outcome.CONFLICT:
+            self.counters["fact_conflicts"] += 1
+            log.error("order %s: reconciled %s contradicts %s; reported, not applied",
+                      oid, f.fact.value, order.status.value, extra=self._ctx(oid, order.channel))
+        if new is not order:
+            await self._store.commit(new)
+            self._remember(new)
+        if new.status.is_final:
+            self._locks.pop(oid, None)
+            self._cancel_attempts.pop(oid, None)
+            waiting = self._sync_done.get(oid)
+            if waiting is not None:
+                waiting.set()
+        if decision.outcome is Outcome.MOVED:
+            self.counters["reconciled"] = self.counters.get("reconciled", 0) + 1
+        return self._settled_answer(new, decision.outcome)
+
+    @staticmethod
+    def _settled_answer(order: Order, outcome: Outcome) -> dict[str, Any]:
+        return {"order_id": order.order_id, "outcome": outcome.value,
+                "status": order.status.value,
+                "resolved_by": order.resolved_by.value if order.resolved_by else None}

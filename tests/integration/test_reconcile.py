@@ -87,7 +87,7 @@ async def _sandbox(settings: Settings, method: str, path: str, body: Any = None)
 
 async def _trade(settings: Settings, channel: str, order_id: str) -> dict[str, Any]:
     ledger = await _sandbox(settings, "GET", f"/{channel}/_sandbox/ledger")
-    return ledger["trades"].get(order_id, {})  # type: ignore[no-any-return]
+    return ledger["trades"].get(order_id, {})
 
 
 async def _charge_directly(settings: Settings, channel: str, order_id: str, amount: int) -> Any:

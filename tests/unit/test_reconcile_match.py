@@ -58,7 +58,8 @@ def run(lines: list[StatementLine], orders: list[Order], day_orders: list[Order]
     records = {o.order_id: o for o in orders}
     ids = {x.order_id for x in lines}
     return match(statement, {i: records.get(i) for i in ids},
-                 day_orders if day_orders is not None else orders, ctx(**kw))  # type: ignore[arg-type]
+                 day_orders if day_orders is not None else orders,
+                 ctx(**kw))  # type: ignore[arg-type]
 
 
 def kinds(plan) -> list[tuple[str, str]]:

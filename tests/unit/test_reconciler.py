@@ -13,8 +13,8 @@ from actors.reconcile_match import Settlement, day_bounds, refund_id_for
 from actors.reconcile_report import render_text
 from actors.reconciler import Reconciler, parse_day
 from actors.shard import OrderShard
-from channels.base import (ChannelResult, OutcomeUnknown, RefundRequest, RefundResult,
-                           RefundStatus, Statement, StatementKind, StatementLine)
+from channels.base import (ChannelResult, Notification, OutcomeUnknown, RefundRequest,
+                           RefundResult, RefundStatus, Statement, StatementKind, StatementLine)
 from core.clock import FakeClock
 from core.errors import Unavailable
 from core.ids import make_order_id, parse_order_id
@@ -59,10 +59,19 @@ class MemStore:
         self.records[order.order_id] = order
 
 
-class QuietChannels:
-    """The shard's own channel port: its schedule never fires on the fake clock."""
+class ShardChannels:
+    """The shard's own channel port: cancels reach the scripted channel; the shard's query
+    schedule never fires on the fake clock."""
+
+    def __init__(self) -> None:
+        self.channel: Channel | None = None
+
     async def query(self, channel: str, order_id: str, currency: str) -> ChannelResult:
         return ChannelResult(Fact.WAITING)
+
+    async def cancel(self, channel: str, order_id: str) -> ChannelResult:
+        assert self.channel is not None
+        return await self.channel.cancel(order_id)
 
     def stats(self) -> dict[str, Any]:
         return {}
@@ -72,7 +81,8 @@ class Shards:
     """SettlePort over real OrderShards sharing one in-memory store."""
 
     def __init__(self, s: Any, store: MemStore, clock: FakeClock) -> None:
-        self.shards = [OrderShard(s, i, store=store, channels=QuietChannels(),  # type: ignore[arg-type]
+        self.ports = ShardChannels()
+        self.shards = [OrderShard(s, i, store=store, channels=self.ports,  # type: ignore[arg-type]
                                   clock=clock) for i in range(s.orders.shard_count)]
         self.calls = 0
         self.down = False
@@ -82,6 +92,12 @@ class Shards:
         if self.down:
             raise Unavailable("shard down")
         return await self.shards[shard].settle(facts)
+
+    async def reconcile_close(self, shard: int, order_ids: list[str]) -> list[dict[str, Any]]:
+        self.calls += 1
+        if self.down:
+            raise Unavailable("shard down")
+        return await self.shards[shard].reconcile_close(order_ids)
 
 
 class Orders:
@@ -191,12 +207,14 @@ class World:
         self.store = MemStore()
         self.shards = Shards(self.settings, self.store, self.clock)
         self.channel = Channel()
+        self.shards.ports.channel = self.channel
         self.reports = Reports()
         self.refunds = Refunds()
         self.reconciler = Reconciler(
             self.settings, channels=["alipay", "wechatpay"], shards=self.shards,
             orders=Orders(self.store), reports=self.reports, refunds=self.refunds,
-            connector_for=lambda ch: self.channel, clock=self.clock)  # type: ignore[arg-type,return-value]
+            connector_for=lambda ch: self.channel,  # type: ignore[arg-type,return-value]
+            clock=self.clock)
         self._n = 0
 
     def order(self, status: OrderStatus = OrderStatus.PENDING, amount: int = 600,
@@ -478,7 +496,7 @@ async def test_the_schedule_runs_the_days_back_for_each_channel() -> None:
     async def run(channel: str, day: str) -> dict[str, Any]:
         ran.append((channel, day))
         return {}
-    w.reconciler.run = run  # type: ignore[method-assign]
+    w.reconciler.run = run  # type: ignore[method-assign,assignment]
     await w.reconciler.ping()
     await asyncio.sleep(0.01)
     assert ran == []
@@ -565,3 +583,58 @@ async def test_the_text_summary_reads_the_report() -> None:
             f"refunded [refund {rid2} 12.00 CNY UNKNOWN] [refund {rid3} 12.00 CNY UNKNOWN]"
             ) in lines
     assert "  errors: 2" in lines and text.endswith("\n")
+
+
+async def test_the_shard_holds_the_order_across_its_close() -> None:
+    """The close notification the channel sends the moment it closes a trade waits for the
+    shard's own commit: the order is resolved by the reconciler, the notification is a noop."""
+    w = World()
+    o = w.order()
+    w.channel.trades[o.order_id] = "WAITING"
+    shard = w.shards.shards[parse_order_id(o.order_id).shard]  # type: ignore[union-attr]
+    gate, cancelled = asyncio.Event(), asyncio.Event()
+    real = w.channel.cancel
+
+    async def slow_cancel(order_id: str) -> ChannelResult:
+        res = await real(order_id)
+        cancelled.set()
+        await gate.wait()                  # the answer is on its way back
+        return res
+    w.channel.cancel = slow_cancel  # type: ignore[method-assign]
+    closing = asyncio.create_task(shard.reconcile_close([o.order_id]))
+    await cancelled.wait()
+    note = asyncio.create_task(shard.notify(Notification(
+        o.order_id, Fact.CLOSED, "", None, "", "n1", "TRADE_CLOSED")))
+    await asyncio.sleep(0.05)
+    assert not note.done() and rec(w, o).status is OrderStatus.PENDING
+    gate.set()
+    (answer,) = await closing
+    assert await note is True
+    assert (answer["outcome"], answer["fact"], answer["action"]) == ("moved", "CLOSED", "close")
+    got = rec(w, o)
+    assert (got.status, got.resolved_by, got.failure_code) == (
+        OrderStatus.CLOSED, Rung.RECONCILE, "closed_unpaid")
+
+
+async def test_the_shard_leaves_open_what_its_cancel_cannot_close() -> None:
+    w = World()
+    final, unknown, waiting = w.order(OrderStatus.SUCCEEDED), w.order(), w.order()
+    shard = w.shards.shards[0]
+    ids = [x.order_id for x in (final, unknown, waiting)]
+    assert {parse_order_id(i).shard for i in ids} == {0, 1}  # type: ignore[union-attr]
+    real = w.channel.cancel
+
+    async def cancel(order_id: str) -> ChannelResult:
+        if order_id == unknown.order_id:
+            raise OutcomeUnknown("timeout")
+        if order_id == waiting.order_id:
+            return ChannelResult(Fact.WAITING, raw_status="USERPAYING")
+        return await real(order_id)
+    w.channel.cancel = cancel  # type: ignore[method-assign]
+    answers = {a["order_id"]: a for a in await shard.reconcile_close(ids)}
+    assert answers[final.order_id]["outcome"] == "noop"
+    assert answers[unknown.order_id] == {"order_id": unknown.order_id, "outcome": "left_open",
+                                         "detail": "cancel: OutcomeUnknown"}
+    assert answers[waiting.order_id]["outcome"] == "left_open"
+    assert w.channel.cancels == []           # never called for the final one
+    assert rec(w, unknown).status is rec(w, waiting).status is OrderStatus.PENDING
