@@ -7,8 +7,8 @@ to settle, close, query and refund, and every mismatch. The rules:
 * A payment line for an order paycell holds PENDING: the order is paid (settled PAID through its
   shard, rung ``reconcile``).
 * An order PENDING past its async window that the statement covers and shows no payment for:
-  closed through the channel (the cancel fences the trade number), then settled with what the
-  cancel says (CLOSED, or PAID when the channel reports it paid).
+  closed through the channel by its shard (the cancel fences the trade number), which commits
+  what the cancel says (CLOSED, or PAID when the channel reports it paid).
 * A paycell SUCCEEDED order with no payment line: the channel is queried (it may have been paid
   just after midnight); not paid there -> ``missing_on_channel``, for review.
 * Mismatches, each reported with its kind:
