@@ -323,18 +323,18 @@ class Matcher:
 
     # ---- paycell's side ---------------------------------------------------------------------
     def add_day_order(self, order: Order) -> None:
-        """An order of this channel created on the day, whatever its status."""
+        """An order of this channel created on the day, whatever its status. Only orders whose
+        async window ended before the statement's coverage are judged (the others: not_due)."""
         if order.order_id in self.line_ids or order.channel != self.ctx.channel:
             return
-        if order.status is OrderStatus.PENDING:
-            if order.created_at + self.ctx.async_window_s <= self.ctx.covered_until:
-                self.plan.close.append(order)
-            else:
-                self.plan.count("open_not_due")
+        if order.status.is_final and order.resolved_by is Rung.RECONCILE:
+            self.plan.already_settled.append(order)
+        elif order.created_at + self.ctx.async_window_s > self.ctx.covered_until:
+            self.plan.count("not_due")
+        elif order.status is OrderStatus.PENDING:
+            self.plan.close.append(order)
         elif order.status is OrderStatus.SUCCEEDED:
             self.plan.confirm.append(order)
-        elif order.resolved_by is Rung.RECONCILE:
-            self.plan.already_settled.append(order)
         else:
             self.plan.count("matched")
 

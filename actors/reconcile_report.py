@@ -18,7 +18,7 @@ from core.money import CURRENCY_EXPONENT, minor_to_decimal_str
 
 COUNTS = ("lines_parsed", "payment_lines", "refund_lines", "other_set_lines", "matched",
           "reversed", "settled_paid", "settled_closed", "already_settled", "resolved_meanwhile",
-          "paid_other_day", "open_not_due", "left_open", "refunds_sent", "refunds_already_done",
+          "paid_other_day", "not_due", "left_open", "refunds_sent", "refunds_already_done",
           "refunds_failed", "own_refund_lines", "refunds_matched", "mismatches", "deferred",
           "errors")
 ITEMS_MAX = 1000   # entries per list in a report; the rest are counted under "truncated"
@@ -147,8 +147,8 @@ def render_text(r: dict[str, Any]) -> str:
     out.append(f"  orders: {c['matched']} matched, {c['settled_paid']} settled paid, "
                f"{c['settled_closed']} closed through the channel, {c['already_settled']} "
                f"already settled, {c['resolved_meanwhile']} resolved meanwhile, "
-               f"{c['paid_other_day']} paid on another day, {c['open_not_due']} open and not "
-               f"due, {c['left_open']} left open; {c['other_set_lines']} lines of other SETs")
+               f"{c['paid_other_day']} paid on another day, {c['not_due']} not covered by the "
+               f"statement yet, {c['left_open']} left open; {c['other_set_lines']} lines of other SETs")
     out.append(f"  refunds: {c['refunds_sent']} sent, {c['refunds_already_done']} already "
                f"done, {c['refunds_failed']} failed")
     kinds = ", ".join(f"{k} {n}" for k, n in r["mismatches_by_kind"].items())

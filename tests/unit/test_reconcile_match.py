@@ -91,8 +91,9 @@ def test_an_open_order_the_statement_does_not_cover_yet_is_left_alone() -> None:
     # fetched at START + 200 s with the window of 30 s: only orders created before START + 170 s
     early = order(oid(1), created_at=START + 100)
     late = order(oid(2), created_at=START + 180)
-    plan = run([], [], [early, late], covered=START + 200)
-    assert plan.close == [early] and plan.counts["open_not_due"] == 1
+    late_paid = order(oid(3), OrderStatus.SUCCEEDED, created_at=START + 180)
+    plan = run([], [], [early, late, late_paid], covered=START + 200)
+    assert plan.close == [early] and plan.confirm == [] and plan.counts["not_due"] == 2
 
 
 def test_an_open_order_with_a_line_is_never_closed() -> None:

@@ -323,7 +323,7 @@ async def test_an_open_order_the_statement_does_not_cover_waits() -> None:
     report = await w.run()
     assert w.channel.cancels == [old.order_id]
     assert rec(w, young).status is OrderStatus.PENDING
-    assert report["counts"]["open_not_due"] == 1
+    assert report["counts"]["not_due"] == 1
 
 
 async def test_a_close_the_channel_answers_paid_settles_paid() -> None:
