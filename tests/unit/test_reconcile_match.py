@@ -279,3 +279,57 @@ def test_the_day_prefix_narrows_the_scan() -> None:
 def test_settlements_carry_only_paid_or_closed(fact: Fact) -> None:
     with pytest.raises(AssertionError):
         Settlement(oid(1), fact)
+
+
+# ---- properties ----------------------------------------------------------------------------------
+
+STATUSES = [OrderStatus.PENDING, OrderStatus.SUCCEEDED, OrderStatus.FAILED, OrderStatus.CLOSED]
+
+
+@st.composite
+def worlds(draw: st.DrawFn) -> tuple[list[Order], list[StatementLine]]:
+    orders, lines = [], []
+    for n in range(draw(st.integers(0, 8))):
+        o = order(oid(n), draw(st.sampled_from(STATUSES)), created_at=START + 100 + n)
+        orders.append(o)
+        for i in range(draw(st.integers(0, 3))):
+            amount = draw(st.sampled_from([o.amount, o.amount, o.amount + 1]))
+            lines.append(pay(o.order_id, amount=amount, at=START + 3700 + i))
+    for n in range(draw(st.integers(0, 2))):
+        lines.append(pay(oid(100 + n)))                    # paid, unknown to paycell
+    return orders, lines
+
+
+@given(worlds())
+def test_a_plan_never_refunds_an_orders_own_payment_and_a_rerun_changes_nothing(
+        world: tuple[list[Order], list[StatementLine]]) -> None:
+    orders, lines = world
+    plan = run(lines, orders)
+    by_id = {o.order_id: o for o in orders}
+    settled = {s.order_id for s in plan.settle}
+    closed = {o.order_id for o in plan.close}
+    assert not settled & closed
+    for s in plan.settle:
+        assert by_id[s.order_id].status is OrderStatus.PENDING and s.amount == 600
+    for o in plan.close:
+        assert o.status is OrderStatus.PENDING and all(x.order_id != o.order_id for x in lines)
+    refund_ids = [r.refund_id for r in plan.refunds] + [r.refund_id for v in plan.verify
+                                                        for r in v.refunds]
+    assert len(refund_ids) == len(set(refund_ids))
+    for r in plan.refunds:
+        if by_id[r.order_id].status in (OrderStatus.PENDING, OrderStatus.SUCCEEDED):
+            assert r.line_no >= 2 and r.kind is Kind.PAID_TWICE
+    # apply the plan as the shards would, the refunds as the channel would, and match again
+    after = []
+    for o in orders:
+        if o.order_id in settled | closed:
+            status = OrderStatus.SUCCEEDED if o.order_id in settled else OrderStatus.CLOSED
+            o = replace(o, status=status, resolved_by=Rung.RECONCILE,
+                        history=(Change(END, status.value, "PAID", "reconcile"),))
+        after.append(o)
+    refunded = [refund(r.order_id, r.amount, r.refund_id) for r in plan.refunds]
+    again = run(lines + refunded, after, own=frozenset(refund_ids))
+    assert again.settle == [] and again.close == []
+    assert kinds(again) == kinds(plan)
+    assert [r.refund_id for r in again.refunds] == [r.refund_id for r in plan.refunds]
+    assert {o.order_id for o in again.already_settled} == settled | closed
