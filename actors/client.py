@@ -17,6 +17,7 @@ from actors.reconcile_match import Settlement
 from channels.base import Notification
 from core.errors import Unavailable
 from core.order import CreateOrder
+from core.refund import CreateRefund
 from core.settings import Settings
 
 _RAY_FAILURES = (RayActorError, RayError, GetTimeoutError, ValueError)
@@ -76,6 +77,15 @@ class ShardClient:
 
     async def find(self, shard: int, app_id: str, out_trade_no: str) -> dict[str, Any] | None:
         return await self._call(shard, "find", app_id, out_trade_no)
+
+    async def create_refund(self, shard: int, cmd: CreateRefund) -> dict[str, Any]:
+        """One refund per call (refunds are few): {"http", "refund"} or an error reply."""
+        result: dict[str, Any] = await self._call(shard, "create_refund", cmd)
+        return result
+
+    async def list_refunds(self, shard: int, app_id: str, order_id: str
+                           ) -> dict[str, Any] | None:
+        return await self._call(shard, "list_refunds", app_id, order_id)
 
     async def notify_many(self, shard: int, _tickets: list[str], notes: list[Notification]
                           ) -> list[bool | None]:

@@ -18,8 +18,9 @@ from core.logs import configure as configure_logs
 from core.settings import Settings
 
 # Money-moving calls are never retried by Ray: paycell makes them idempotent and resolves by query.
+# SPREAD: with several Ray nodes the shards go to different nodes (best effort).
 _COMMON = {"num_cpus": 0, "lifetime": "detached", "max_restarts": -1, "max_task_retries": 0,
-           "get_if_exists": True}
+           "get_if_exists": True, "scheduling_strategy": "SPREAD"}
 
 
 def notify_url(settings: Settings, channel: str) -> str:
@@ -51,6 +52,7 @@ class LiveOrderShard(OrderShard):
                                                for ch in enabled_channels(settings)})
         super().__init__(settings, shard, store=store, channels=channels,
                          notify_url="")
+        self.node_id = ray.get_runtime_context().get_node_id()
 
 
 class LiveReconciler(Reconciler):
@@ -75,7 +77,6 @@ class LiveReconciler(Reconciler):
                          refunds=RefundLog(client, set_name), connector_for=connector_for)
 
 
-
 def deploy(settings: Settings, timeout_s: float = 60) -> dict[str, Any]:
     """Create (or find) the shard actors and the reconciler of this SET and wait until they
     answer.
@@ -90,7 +91,8 @@ def deploy(settings: Settings, timeout_s: float = 60) -> dict[str, Any]:
     reconciler_cls: Any = ray.remote(LiveReconciler)
     reconciler = reconciler_cls.options(name=reconciler_actor_name(set_name), namespace=ns,
                                         **_COMMON).remote(settings)
-    return {"shards": ray.get([a.ping.remote() for a in shards], timeout=timeout_s),
+    pings = ray.get([a.ping.remote() for a in shards], timeout=timeout_s)
+    return {"shards": pings, "nodes": len({p.get("node", "") for p in pings}),
             "reconciler": ray.get(reconciler.ping.remote(), timeout=timeout_s)}
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import aiohttp
 
 from channels.base import (Capabilities, ChannelError, ChannelResult, ChargeRequest, Connector,
-                           NotSent, OutcomeUnknown)
+                           NotSent, OutcomeUnknown, RefundRequest, RefundResult)
 from channels.registry import build_connector, enabled_channels
 from channels.routing import Attempt, Payment, Router, policy_from_settings
 from core.settings import Settings
@@ -53,6 +53,7 @@ class LocalChannelPort:
         capabilities = {name: _with_qps(build_connector(name, settings, "").capabilities,  # no I/O
                                         getattr(settings, name).qps_max)
                         for name in self._enabled}
+        self._capabilities = capabilities
         self.router = Router(policy_from_settings(settings.routing, settings.orders.shard_count),
                              capabilities)
 
@@ -112,6 +113,24 @@ class LocalChannelPort:
 
     async def cancel(self, channel: str, order_id: str) -> ChannelResult:
         return await self._connector(channel).cancel(order_id)
+
+    def capabilities(self, channel: str) -> Capabilities | None:
+        """The channel's capabilities (refund window, partial refunds), None if not enabled."""
+        return self._capabilities.get(channel)
+
+    async def refund(self, channel: str, req: RefundRequest) -> RefundResult:
+        """One refund call (no charge rate-limit token: refunds are few); a connector's refusal
+        before sending is NotSent."""
+        if channel not in self._enabled:
+            raise NotSent(f"{channel}: not enabled")
+        try:
+            return await self._connector(channel).refund(req)
+        except ValueError as e:
+            raise NotSent(f"{channel}: {e}") from None
+
+    async def refund_query(self, channel: str, order_id: str, refund_id: str,
+                           currency: str) -> RefundResult:
+        return await self._connector(channel).refund_query(order_id, refund_id, currency)
 
     def stats(self) -> dict[str, Any]:
         return {"routing": self.router.snapshot(), "inflight": dict(self._inflight)}

@@ -18,6 +18,9 @@ next channel sees the charge; an unknown outcome is never failed over, it goes t
 
 The charge is sent at most once per order, ever: a restarted shard finds its open orders in Redis
 and only queries them. Memory follows Redis: a record changes in memory only after its commit.
+
+Refunds of the shard's orders are the RefundDesk's (actors/refunds.py): it shares the order
+cache, the per-order locks and the follow-up schedule, and gets REFUND notifications.
 """
 from __future__ import annotations
 
@@ -35,16 +38,20 @@ from typing import Any, Protocol
 import orjson
 
 from actors.board import TaskBoard
+from actors.locks import KeyedLocks
 from actors.reconcile_match import CLOSED_CODE, REVERSED_CODE, Settlement
+from actors.refunds import QUERY as REFUND_QUERY, RefundDesk, RefundStorePort, refund_reply
 from actors.store import KeyTaken
-from channels.base import (ChargeRequest, ChannelError, ChannelResult, NotSent, Notification,
-                           OutcomeUnknown)
+from channels.base import (Capabilities, ChargeRequest, ChannelError, ChannelResult, NotSent,
+                           Notification, NotificationKind, OutcomeUnknown, RefundRequest,
+                           RefundResult)
 from core.clock import Clock, SystemClock
 from channels.routing import ChannelsBusy, NoChannel as NoChannelFits, Payment
 from core.errors import (IdempotencyConflict, NoChannel, Overloaded, PaycellError, RateLimited,
                          Unavailable)
 from core.ids import make_order_id
 from core.order import CreateOrder, Order
+from core.refund import CreateRefund
 from core.settings import Settings
 from core.states import Fact, Outcome, Rung
 
@@ -64,9 +71,13 @@ class ChannelPort(Protocol):
     def takes(self, channel: str, payment: Payment) -> bool: ...
     def admit(self, channel: str) -> bool: ...
     def stats(self) -> dict[str, Any]: ...
+    async def refund(self, channel: str, req: RefundRequest) -> RefundResult: ...
+    async def refund_query(self, channel: str, order_id: str, refund_id: str,
+                           currency: str) -> RefundResult: ...
+    def capabilities(self, channel: str) -> Capabilities | None: ...
 
 
-class StorePort(Protocol):
+class StorePort(RefundStorePort, Protocol):
     async def get(self, order_id: str) -> Order | None: ...
     async def find(self, app_id: str, out_trade_no: str) -> Order | None: ...
     async def find_many(self, keys: list[tuple[str, str]]
@@ -99,7 +110,7 @@ class OrderShard:
         self._by_key: dict[tuple[str, str], str] = {}
         self._creating: dict[tuple[str, str], asyncio.Future[Order | None]] = {}
         self._sync_done: dict[str, asyncio.Event] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()     # per order: its facts, failover and refunds in turn
         self._due: list[tuple[float, str, str]] = []   # (unix time, order_id, "query"|"cancel")
         self._cancel_attempts: dict[str, int] = {}
         self._channel_slots = asyncio.Semaphore(self._s.channel_calls_inflight_max)
@@ -115,6 +126,10 @@ class OrderShard:
                 "the reply was lost with a shard restart; retry with the same out_trade_no",
                 retry_after_s=1)),
             crashed=self._crashed_reply)
+        self._refunds = RefundDesk(self._s, shard, store=store, channels=channels,
+                                   orders=_ShardOrders(self), locks=self._locks,
+                                   clock=self._clock, channel_slots=self._channel_slots,
+                                   notify_url=notify_url)
         self.counters = {"submit_calls": 0, "submitted": 0, "notify_calls": 0, "created": 0, "replayed": 0, "conflicts": 0, "late_sync": 0,
                          "queries": 0, "cancels": 0, "notifies": 0, "fact_conflicts": 0,
                          "failovers": 0, "stale_channel_notifies": 0}
@@ -146,18 +161,23 @@ class OrderShard:
             if oid not in self._open:
                 self._open[oid] = None
                 self._schedule(now + random.random() * spread_s, oid, "query")
-        if ids:
-            log.info("shard %d rebuilt %d open orders", self._shard, len(ids),
-                     extra={"shard": self._shard})
+        refunds = await self._refunds.rebuild()
+        if ids or refunds:
+            log.info("shard %d rebuilt %d open orders and %d open refunds", self._shard,
+                     len(ids), refunds, extra={"shard": self._shard})
+
+    node_id = ""              # set by the Ray wrapper (actors.factory): the node it runs on
 
     async def ping(self) -> dict[str, Any]:
         await self.ensure_started()
-        return {"shard": self._shard, "pid": os.getpid(), "open": len(self._open)}
+        return {"shard": self._shard, "pid": os.getpid(), "open": len(self._open),
+                "node": self.node_id}
 
     async def stats(self) -> dict[str, Any]:
         await self.ensure_started()
         return {"shard": self._shard, "pid": os.getpid(), "open": len(self._open),
                 "recent": len(self._recent), "due": len(self._due), **self.counters,
+                "open_refunds": self._refunds.open_count, **self._refunds.counters,
                 "channels": self._channels.stats()}
 
     def _ctx(self, order_id: str, channel: str) -> dict[str, Any]:
@@ -217,6 +237,21 @@ class OrderShard:
         if o is not None:
             self._remember(o)
         return o
+
+    # ------------------------------------------------------------------ refunds (actors/refunds.py)
+    async def create_refund(self, cmd: CreateRefund) -> dict[str, Any]:
+        """Create (or replay) a refund of one of this shard's orders: {"http", "refund"} or an
+        error reply."""
+        try:
+            await self.ensure_started()
+            return refund_reply(await self._refunds.create(cmd))
+        except PaycellError as e:
+            return error_reply(e)
+
+    async def list_refunds(self, app_id: str, order_id: str) -> dict[str, Any] | None:
+        """The order's refunds (None: no such order for this app)."""
+        await self.ensure_started()
+        return await self._refunds.list_refunds(app_id, order_id)
 
     # ------------------------------------------------------------------ create and pay
     async def submit(self, cmds: list[CreateOrder], tickets: list[str] | None = None,
@@ -400,8 +435,7 @@ class OrderShard:
         """Commit the move to `channel` (so a restart queries the right channel) before it is
         charged; None when the order is no longer there to move."""
         oid = order.order_id
-        lock = self._locks.setdefault(oid, asyncio.Lock())
-        async with lock:
+        async with self._locks.hold(oid):
             current = await self._load(oid)
             if current is None or current.status.is_final or current.channel != order.channel:
                 return None
@@ -450,8 +484,7 @@ class OrderShard:
                      result: ChannelResult | None = None, failure_code: str = "",
                      failure_message: str = "") -> Order | None:
         """Apply one channel fact under the order's lock; commit before memory changes."""
-        lock = self._locks.setdefault(order_id, asyncio.Lock())
-        async with lock:
+        async with self._locks.hold(order_id):
             order = await self._load(order_id)
             if order is None:
                 return None
@@ -478,7 +511,6 @@ class OrderShard:
                 await self._store.commit(new)
                 self._remember(new)
             if new.status.is_final:
-                self._locks.pop(order_id, None)
                 waiting = self._sync_done.get(order_id)
                 if waiting is not None:  # final by another rung: answer the client now
                     waiting.set()
@@ -499,6 +531,8 @@ class OrderShard:
         """A verified channel notification; True when it was applied or already known."""
         await self.ensure_started()
         self.counters["notifies"] += 1
+        if note.kind is NotificationKind.REFUND:
+            return await self._refunds.notify(note)
         order = await self._load(note.order_id)
         if order is None:
             return False
@@ -545,7 +579,10 @@ class OrderShard:
 
     async def _follow_up(self, order_id: str, kind: str) -> None:
         try:
-            await self._follow_up_once(order_id, kind)
+            if kind == REFUND_QUERY:
+                await self._refunds.follow_up(order_id, kind)  # a refund id
+            else:
+                await self._follow_up_once(order_id, kind)
         finally:
             self._followups -= 1
 
@@ -635,17 +672,15 @@ class OrderShard:
 
     async def _settle_one(self, f: Settlement) -> dict[str, Any]:
         oid = f.order_id
-        lock = self._locks.setdefault(oid, asyncio.Lock())
         try:
-            async with lock:
+            async with self._locks.hold(oid):
                 return await self._settle_locked(f)
         except PaycellError as e:
             return {"order_id": oid, "outcome": "unavailable", "detail": e.code}
 
     async def _reconcile_close_one(self, oid: str) -> dict[str, Any]:
-        lock = self._locks.setdefault(oid, asyncio.Lock())
         try:
-            async with lock:
+            async with self._locks.hold(oid):
                 order = await self._load(oid)
                 if order is None:
                     return {"order_id": oid, "outcome": "unknown"}
@@ -694,7 +729,6 @@ class OrderShard:
             await self._store.commit(new)
             self._remember(new)
         if new.status.is_final:
-            self._locks.pop(oid, None)
             self._cancel_attempts.pop(oid, None)
             waiting = self._sync_done.get(oid)
             if waiting is not None:
@@ -708,3 +742,22 @@ class OrderShard:
         return {"order_id": order.order_id, "outcome": outcome.value,
                 "status": order.status.value,
                 "resolved_by": order.resolved_by.value if order.resolved_by else None}
+
+
+class _ShardOrders:
+    """What the refund desk uses of its shard (actors.refunds.OrderAccess)."""
+
+    def __init__(self, shard: OrderShard) -> None:
+        self._shard = shard
+
+    async def load_order(self, order_id: str) -> Order | None:
+        return await self._shard._load(order_id)
+
+    def remember_order(self, order: Order) -> None:
+        self._shard._remember(order)
+
+    def schedule(self, at: float, key: str, kind: str) -> None:
+        self._shard._schedule(at, key, kind)
+
+    def spawn(self, coro: Any) -> None:
+        self._shard._spawn(coro)

@@ -1,10 +1,16 @@
-"""Durable order state in Redis, with group commit.
+"""Durable order and refund state in Redis, with group commit.
 
 Keys carry a hash tag per shard (``{<set>.<shard>}``) so one shard's writes stay in one Redis
 Cluster slot and can share a MULTI/EXEC:
   pc:{tag}:o:<order_id>                 the order record (orjson)
   pc:{tag}:idem:<app_id>:<out_trade_no> the order id for an idempotency key (TTL)
   pc:{tag}:open                         set of order ids not yet final
+  pc:{tag}:r:<refund_id>                a refund record (orjson)
+  pc:{tag}:ri:<order_id>                the order's refunds: hash out_refund_no -> refund id
+                                        (its idempotency index; kept as long as the order)
+  pc:{tag}:ropen                        set of refund ids not yet final
+A refund write carries its order's record too (the order's refund sums change with it), in one
+write unit, so both land together or neither does.
 Writes queued while a commit is in flight ride in the next one: one round trip and, with
 ``appendfsync always``, one fsync for many state changes. A batch is one call of a small Lua
 script, so it is atomic (all of it or none of it reaches the AOF) and costs one reply to parse.
@@ -22,39 +28,104 @@ from redis.exceptions import RedisError
 
 from core.errors import Unavailable
 from core.order import Order
+from core.refund import Refund
 
 
-# KEYS: open set, then per write: order key, idempotency key.
-# ARGV: idempotency TTL (s), then per write: flag (n new / p pending / f final), order id, record.
-# A new order whose idempotency key exists (another order has the key) is refused: nothing of the
-# batch is written and the 1-based positions of the refused writes come back, so that one key
-# can never name two orders, whatever a lost reply made the shard believe.
+# KEYS[1] open orders, KEYS[2] open refunds; then each write's keys. ARGV[1] idempotency TTL (s);
+# then each write's arguments, the first of which is its flag:
+#   order write   flag [n](p|f)   keys: order, idempotency    args: flag, order id, order record
+#   refund write  flag R[n](p|f)  keys: order, refund, the order's refunds (hash out_refund_no ->
+#                 refund id)      args: flag, refund id, out_refund_no, refund record, order
+#                 record, the order's refund_reserved and refunded_amount the write is based on,
+#                 refund_reserved after it
+# (n: new, p/f: the order's / the refund's status is pending / final.)
+# Nothing of the batch is written if any write is refused; the refused ones come back as
+# {position (1-based), reason} pairs:
+#   taken    a new order's idempotency key, or a new refund's out_refund_no, names another one
+#   state    a new refund's order is not stored SUCCEEDED
+#   exceeds  the refunds would reserve more than the order's amount
+#   stale    the stored order's refund sums differ from the write's base, or the refund being
+#            updated is no longer PENDING (another writer was first)
+# so one key can never name two orders or refunds, and the refunds of an order never reserve
+# more than it was paid, whatever a lost reply or a stale shard incarnation believes.
 _COMMIT_LUA = """
 local ttl = tonumber(ARGV[1])
-local n = (#ARGV - 1) / 3
-local taken = {}
-for i = 0, n - 1 do
-  local flag, oid = ARGV[2 + 3 * i], ARGV[3 + 3 * i]
-  if string.sub(flag, 1, 1) == 'n' then
-    local holder = redis.call('GET', KEYS[3 + 2 * i])
-    if holder and holder ~= oid then
-      table.insert(taken, i + 1)
-    end
-  end
-end
-if #taken > 0 then
-  return taken
-end
-for i = 0, n - 1 do
-  local flag, oid, rec = ARGV[2 + 3 * i], ARGV[3 + 3 * i], ARGV[4 + 3 * i]
-  redis.call('SET', KEYS[2 + 2 * i], rec)
-  if string.sub(flag, 1, 1) == 'n' then
-    redis.call('SET', KEYS[3 + 2 * i], oid, 'EX', ttl)
-  end
-  if string.sub(flag, -1) == 'f' then
-    redis.call('SREM', KEYS[1], oid)
+local writes, k, a = {}, 3, 2
+while a <= #ARGV do
+  local flag = ARGV[a]
+  local w = {new = string.find(flag, 'n', 1, true) ~= nil, final = string.sub(flag, -1) == 'f',
+             order = KEYS[k]}
+  if string.sub(flag, 1, 1) == 'R' then
+    w.refund, w.index = KEYS[k + 1], KEYS[k + 2]
+    w.id, w.no, w.rec, w.orec = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
+    w.base_reserved, w.base_refunded = tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
+    w.reserved = tonumber(ARGV[a + 7])
+    k, a = k + 3, a + 8
   else
-    redis.call('SADD', KEYS[1], oid)
+    w.idem, w.id, w.orec = KEYS[k + 1], ARGV[a + 1], ARGV[a + 2]
+    k, a = k + 2, a + 3
+  end
+  table.insert(writes, w)
+end
+
+local function refund_refusal(w)
+  if w.new then
+    local holder = redis.call('HGET', w.index, w.no)
+    if holder and holder ~= w.id then return 'taken' end
+  else
+    local raw = redis.call('GET', w.refund)
+    if not raw or cjson.decode(raw).status ~= 'PENDING' then return 'stale' end
+  end
+  local raw = redis.call('GET', w.order)
+  if not raw then return 'state' end
+  local o = cjson.decode(raw)
+  if w.new and o.status ~= 'SUCCEEDED' then return 'state' end
+  if (tonumber(o.refund_reserved) or 0) ~= w.base_reserved
+      or (tonumber(o.refunded_amount) or 0) ~= w.base_refunded then
+    return 'stale'
+  end
+  if w.reserved > tonumber(o.amount) then return 'exceeds' end
+  return nil
+end
+
+local refused = {}
+for i, w in ipairs(writes) do
+  local why = nil
+  if w.refund then
+    why = refund_refusal(w)
+  elseif w.new then
+    local holder = redis.call('GET', w.idem)
+    if holder and holder ~= w.id then why = 'taken' end
+  end
+  if why then
+    table.insert(refused, i)
+    table.insert(refused, why)
+  end
+end
+if #refused > 0 then
+  return refused
+end
+for _, w in ipairs(writes) do
+  redis.call('SET', w.order, w.orec)
+  if w.refund then
+    redis.call('SET', w.refund, w.rec)
+    if w.new then
+      redis.call('HSET', w.index, w.no, w.id)
+    end
+    if w.final then
+      redis.call('SREM', KEYS[2], w.id)
+    else
+      redis.call('SADD', KEYS[2], w.id)
+    end
+  else
+    if w.new then
+      redis.call('SET', w.idem, w.id, 'EX', ttl)
+    end
+    if w.final then
+      redis.call('SREM', KEYS[1], w.id)
+    else
+      redis.call('SADD', KEYS[1], w.id)
+    end
   end
 end
 return {}
@@ -65,11 +136,29 @@ class KeyTaken(Exception):
     """A new order's idempotency key already names another order (nothing was written)."""
 
 
+class RefundRefused(Exception):
+    """The commit script refused a refund write (nothing of it was written); `reason` is
+    taken | state | exceeds | stale (see _COMMIT_LUA)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class RefundBase:
+    """The order's refund sums a refund write was computed from (checked by the script)."""
+    reserved: int
+    refunded: int
+
+
 @dataclass(slots=True)
 class _Write:
     order: Order
     new: bool
     done: asyncio.Future[None]
+    refund: Refund | None = None
+    base: RefundBase | None = None
 
 
 class OrderStore:
@@ -95,6 +184,16 @@ class OrderStore:
     @property
     def open_key(self) -> str:
         return f"pc:{self._tag}:open"
+
+    def refund_key(self, refund_id: str) -> str:
+        return f"pc:{self._tag}:r:{refund_id}"
+
+    def refunds_key(self, order_id: str) -> str:
+        return f"pc:{self._tag}:ri:{order_id}"
+
+    @property
+    def open_refunds_key(self) -> str:
+        return f"pc:{self._tag}:ropen"
 
     # ---- reads ----
     async def get(self, order_id: str) -> Order | None:
@@ -124,14 +223,48 @@ class OrderStore:
     async def open_ids(self) -> list[str]:
         return [m.decode() for m in await self._call(self._r.smembers(self.open_key))]
 
+    async def get_refund(self, refund_id: str) -> Refund | None:
+        raw = await self._call(self._r.get(self.refund_key(refund_id)))
+        return Refund.from_record(orjson.loads(raw)) if raw else None
+
+    async def find_refund(self, order_id: str, out_refund_no: str) -> Refund | None:
+        refund_id = await self._call(self._r.hget(self.refunds_key(order_id), out_refund_no))
+        if not refund_id:
+            return None
+        return await self.get_refund(_text(refund_id))
+
+    async def refunds_of(self, order_id: str) -> list[Refund]:
+        """Every refund of the order, oldest first (two round trips)."""
+        ids = await self._call(self._r.hvals(self.refunds_key(order_id)))
+        if not ids:
+            return []
+        raws = await self._call(self._r.mget([self.refund_key(_text(i)) for i in ids]))
+        refunds = [Refund.from_record(orjson.loads(raw)) for raw in raws if raw]
+        return sorted(refunds, key=lambda r: (r.created_at, r.refund_id))
+
+    async def open_refund_ids(self) -> list[str]:
+        return [_text(m) for m in await self._call(self._r.smembers(self.open_refunds_key))]
+
     # ---- writes (group commit) ----
     async def commit(self, order: Order, *, new: bool = False) -> None:
         """Durably write `order` (and, when `new`, its idempotency key); raises Unavailable."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Write(order, new, fut))
+        await self._enqueue(_Write(order, new, self._future()))
+
+    async def commit_refund(self, order: Order, refund: Refund, *, base: RefundBase,
+                            new: bool = False) -> None:
+        """Durably write `refund` and its `order` together (when `new`, the refund's
+        out_refund_no too). Raises RefundRefused (see _COMMIT_LUA) or Unavailable."""
+        assert refund.order_id == order.order_id
+        await self._enqueue(_Write(order, new, self._future(), refund, base))
+
+    def _future(self) -> asyncio.Future[None]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _enqueue(self, write: _Write) -> None:
+        self._queue.append(write)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
-        await fut
+        await write.done
 
     async def _flush_loop(self) -> None:
         while self._queue:
@@ -145,34 +278,50 @@ class OrderStore:
                 continue
             if taken:  # refuse those, and write the rest again in the next round
                 for i, w in enumerate(batch):
-                    if i in taken:
-                        w.done.set_exception(KeyTaken(w.order.out_trade_no))
-                    else:
+                    if i not in taken:
                         self._queue.append(w)
+                    elif w.refund is not None:
+                        w.done.set_exception(RefundRefused(taken[i]))
+                    else:
+                        w.done.set_exception(KeyTaken(w.order.out_trade_no))
                 continue
             for w in batch:
                 if not w.done.done():
                     w.done.set_result(None)
 
-    async def _write(self, batch: list[_Write]) -> set[int]:
-        """One atomic script call; the 0-based positions of refused new orders (then nothing
-        was written)."""
-        keys = [self.open_key]
+    async def _write(self, batch: list[_Write]) -> dict[int, str]:
+        """One atomic script call; the 0-based positions of refused writes and why (then
+        nothing was written)."""
+        keys = [self.open_key, self.open_refunds_key]
         args: list[Any] = [self._ttl]
         for w in batch:
-            o = w.order
-            keys += [self.order_key(o.order_id), self.idem_key(o.app_id, o.out_trade_no)]
-            flag = ("n" if w.new else "") + ("f" if o.status.is_final else "p")
-            args += [flag, o.order_id, orjson.dumps(o.to_record())]
-        taken = await self._commit_script(keys=keys, args=args)
-        if taken:
-            return {int(i) - 1 for i in taken}
+            o, r = w.order, w.refund
+            if r is None:
+                keys += [self.order_key(o.order_id), self.idem_key(o.app_id, o.out_trade_no)]
+                flag = ("n" if w.new else "") + ("f" if o.status.is_final else "p")
+                args += [flag, o.order_id, orjson.dumps(o.to_record())]
+                continue
+            assert w.base is not None
+            keys += [self.order_key(o.order_id), self.refund_key(r.refund_id),
+                     self.refunds_key(o.order_id)]
+            flag = "R" + ("n" if w.new else "") + ("f" if r.status.is_final else "p")
+            args += [flag, r.refund_id, r.out_refund_no, orjson.dumps(r.to_record()),
+                     orjson.dumps(o.to_record()), w.base.reserved, w.base.refunded,
+                     o.refund_reserved]
+        refused = await self._commit_script(keys=keys, args=args)
+        if refused:
+            return {int(refused[i]) - 1: _text(refused[i + 1])
+                    for i in range(0, len(refused), 2)}
         self.commits += 1
         self.writes += len(batch)
-        return set()
+        return {}
 
     async def _call(self, aw: Any) -> Any:
         try:
             return await aw
         except (RedisError, OSError, asyncio.TimeoutError) as e:
             raise Unavailable(f"order store unavailable: {type(e).__name__}") from None
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Mapping, Protocol
 
+# One refund status for channels and paycell's refund records (re-exported here).
+from core.refund import RefundStatus as RefundStatus
 from core.states import Fact
 
 
@@ -85,12 +87,6 @@ class ChannelResult:
     action: str = ""                 # cancel: "close" | "refund"
     exists: bool = True              # query: False when the channel has no such trade
     pay_data: Mapping[str, str] = field(default_factory=dict)  # prepay: what the payer's app needs
-
-
-class RefundStatus(str, enum.Enum):
-    SUCCEEDED = "SUCCEEDED"    # the money went back
-    PENDING = "PENDING"        # accepted, not final: query or wait for the notification
-    FAILED = "FAILED"          # refused or closed: no money moved
 
 
 @dataclass(frozen=True, slots=True)

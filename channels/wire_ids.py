@@ -1,6 +1,6 @@
 """Merchant trade numbers for channels that take at most 32 characters (WeChat Pay, QQ Wallet).
 
-WireIdConnector wraps such a channel's connector: paycell order ids go out through
+WireIdConnector wraps such a channel's connector: paycell order and refund ids go out through
 core.ids.to_wire_id (as they are when they fit, packed when longer) and come back, in
 notifications and statements, through core.ids.from_wire_id. The factory checks at start that the
 longest id this SET can make fits, so no call can fail on it later.
@@ -50,21 +50,26 @@ class WireIdConnector:
         return await self._inner.cancel(self._out(order_id))
 
     async def refund(self, req: RefundRequest) -> RefundResult:
-        return await self._inner.refund(replace(req, order_id=self._out(req.order_id)))
+        res = await self._inner.refund(replace(req, order_id=self._out(req.order_id),
+                                               refund_id=self._out(req.refund_id)))
+        return replace(res, refund_id=req.refund_id)
 
     async def refund_query(self, order_id: str, refund_id: str, currency: str) -> RefundResult:
-        return await self._inner.refund_query(self._out(order_id), refund_id, currency)
+        res = await self._inner.refund_query(self._out(order_id), self._out(refund_id), currency)
+        return replace(res, refund_id=refund_id)
 
     def parse_notification(self, body: bytes, headers: Mapping[str, str]) -> Notification:
         note = self._inner.parse_notification(body, headers)
-        return replace(note, order_id=from_wire_id(note.order_id))
+        return replace(note, order_id=from_wire_id(note.order_id),
+                       refund_id=from_wire_id(note.refund_id))
 
     def ack(self, accepted: bool) -> Ack:
         return self._inner.ack(accepted)
 
     async def statement(self, day: date) -> Statement:
         st = await self._inner.statement(day)
-        return replace(st, lines=tuple(replace(line, order_id=from_wire_id(line.order_id))
+        return replace(st, lines=tuple(replace(line, order_id=from_wire_id(line.order_id),
+                                               refund_id=from_wire_id(line.refund_id))
                                        for line in st.lines))
 
     async def close(self) -> None:

@@ -70,6 +70,26 @@ class NoChannel(PaycellError):
     title = "No enabled channel can take this payment"
 
 
+class OrderNotRefundable(PaycellError):
+    code = "order_not_refundable"
+    title = "Only a SUCCEEDED order can be refunded"
+
+
+class RefundExceedsPaid(PaycellError):
+    code = "refund_exceeds_paid"
+    title = "The refunds would exceed the paid amount"
+
+
+class RefundWindowClosed(PaycellError):
+    code = "refund_window_closed"
+    title = "The channel's refund window for this payment has closed"
+
+
+class TooManyRefunds(PaycellError):
+    code = "too_many_refunds"
+    title = "The payment has as many refunds as the channel or paycell allows"
+
+
 class Unavailable(PaycellError):
     code = "unavailable"
     title = "Service temporarily unavailable"
@@ -91,10 +111,14 @@ HTTP_STATUS: dict[str, int] = {
     "not_found": 404,
     "method_not_allowed": 405,
     "idempotency_conflict": 409,
+    "order_not_refundable": 409,
     "payload_too_large": 413,
     "unsupported_media_type": 415,
     "risk_rejected": 422,
     "no_channel": 422,
+    "refund_exceeds_paid": 422,
+    "refund_window_closed": 422,
+    "too_many_refunds": 422,
     "rate_limited": 429,
     "internal": 500,
     "unavailable": 503,

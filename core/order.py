@@ -69,7 +69,8 @@ class Order:
     status: OrderStatus = OrderStatus.PENDING
     resolved_by: Rung | None = None
     channel_trade_no: str = ""
-    refunded_amount: int = 0
+    refunded_amount: int = 0        # SUCCEEDED refunds
+    refund_reserved: int = 0        # PENDING + SUCCEEDED refunds: at most `amount` (core.refund)
     failure_code: str = ""
     failure_message: str = ""
     notify_url: str = ""
@@ -109,6 +110,14 @@ class Order:
             failure_code=failure_code, failure_message=failure_message,
             history=self.history + (Change(now, decision.status.value, fact.value, rung.value),),
         ), decision
+
+    @property
+    def paid_at(self) -> float | None:
+        """When the order became SUCCEEDED (what a channel's refund window counts from)."""
+        for change in self.history:
+            if change.status == OrderStatus.SUCCEEDED.value:
+                return change.at
+        return self.updated_at if self.status is OrderStatus.SUCCEEDED else None
 
     # ---- storage form (orjson-friendly dict; hand-written: this is on the hot path) ----
     def to_record(self) -> dict[str, Any]:

@@ -78,6 +78,7 @@ class RaySettings:
     address: str = ""                  # empty: start a local cluster on loopback
     namespace: str = "paycell"
     num_cpus: int = 0                  # 0: all cores
+    local_nodes: int = 1               # local mode: Ray nodes on this machine (loopback), 1-8
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,15 @@ class OrderSettings:
     open_orders_max: int = 200_000     # per shard: at the bound new orders get 503
     commit_batch_max: int = 512        # writes in one Redis pipeline
     idempotency_ttl_s: int = 30 * 86400
+    # Refunds (actors/refunds.py): the same sync -> async -> reconcile ladder as payments.
+    refund_sync_deadline_ms: int = 1000      # the client's sync answer; later -> 202 PENDING
+    refund_query_first_delay_ms: int = 1000  # first refund query after PENDING or unknown
+    refund_query_interval_ms: int = 5000     # then every interval ...
+    refund_async_window_ms: int = 600_000    # ... until this long after creation; then the
+                                             # refund stays PENDING for reconciliation
+    refund_resends_max: int = 3        # resends (same refund id) when the channel has no record
+    refunds_per_order_max: int = 100   # refund records one order may have (FAILED included)
+    open_refunds_max: int = 50_000     # per shard: at the bound new refunds get 503
 
 
 @dataclass(frozen=True)
@@ -420,12 +430,24 @@ def validate(s: Settings) -> None:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     need(1 <= s.orders.shard_count <= 1024, "orders.shard_count: must be 1..1024")
+    need(1 <= s.ray.local_nodes <= 8, "ray.local_nodes: must be 1..8")
     need(s.orders.sync_deadline_ms > 0, "orders.sync_deadline_ms: must be > 0")
     need(s.orders.query_interval_ms > 0, "orders.query_interval_ms: must be > 0")
     need(s.orders.async_window_ms > s.orders.sync_deadline_ms,
          "orders.async_window_ms: must exceed orders.sync_deadline_ms")
     need(s.gateway.shard_call_timeout_ms > s.orders.sync_deadline_ms,
          "gateway.shard_call_timeout_ms: must exceed orders.sync_deadline_ms")
+    o = s.orders
+    need(o.refund_sync_deadline_ms > 0, "orders.refund_sync_deadline_ms: must be > 0")
+    need(s.gateway.shard_call_timeout_ms > o.refund_sync_deadline_ms,
+         "gateway.shard_call_timeout_ms: must exceed orders.refund_sync_deadline_ms")
+    need(o.refund_query_first_delay_ms >= 0 and o.refund_query_interval_ms > 0,
+         "orders.refund_query_first_delay_ms / refund_query_interval_ms: must be >= 0 / > 0")
+    need(o.refund_async_window_ms > o.refund_sync_deadline_ms,
+         "orders.refund_async_window_ms: must exceed orders.refund_sync_deadline_ms")
+    need(o.refund_resends_max >= 0, "orders.refund_resends_max: must be >= 0")
+    need(1 <= o.refunds_per_order_max <= 1000, "orders.refunds_per_order_max: must be 1..1000")
+    need(o.open_refunds_max >= 1, "orders.open_refunds_max: must be >= 1")
     for name in CHANNEL_SECTIONS:
         need(getattr(s, name).call_timeout_ms > 0, f"{name}.call_timeout_ms: must be > 0")
         need(getattr(s, name).qps_max >= 0, f"{name}.qps_max: must be >= 0 (0: documented)")

@@ -82,6 +82,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     configure_logs(settings.log_level)
     data_dir = Path(settings.data_dir).resolve()
     children = []
+    cluster = None
     try:
         if settings.mode == "local" and not settings.redis.url:
             children.append(start_redis(settings, data_dir))
@@ -90,10 +91,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         if settings.sandbox.start_local and not settings.alipay.gateway_url:
             children.append(start_sandbox(settings, data_dir))
             print(f"alipay sandbox on {settings.sandbox.url()}", flush=True)
-        start_ray(settings)
+        cluster = start_ray(settings)
         from actors.factory import deploy
         info = deploy(settings)
-        print(f"ray: {len(info['shards'])} shard actors", flush=True)
+        print(f"ray: {len(info['shards'])} shard actors on {info['nodes']} node(s)", flush=True)
         import uvloop
         uvloop.run(_serve(settings))
         return 0
@@ -101,6 +102,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         if "ray" in sys.modules:
             import ray
             ray.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
         for child in reversed(children):
             child.stop()
         print("stopped.", flush=True)

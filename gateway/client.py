@@ -103,6 +103,17 @@ class PaycellClient:
                                              None)
         return status, data
 
+    async def create_refund(self, order_id: str, body: dict[str, Any]
+                            ) -> tuple[int, dict[str, Any]]:
+        status, data, _ = await self.request(
+            "POST", f"/v1/orders/{quote(order_id, safe='')}/refunds", orjson.dumps(body))
+        return status, data
+
+    async def list_refunds(self, order_id: str) -> tuple[int, dict[str, Any]]:
+        status, data, _ = await self.request(
+            "GET", f"/v1/orders/{quote(order_id, safe='')}/refunds", None)
+        return status, data
+
     async def find_order(self, out_trade_no: str) -> tuple[int, dict[str, Any]]:
         path_qs = "/v1/orders?" + urlencode({"out_trade_no": out_trade_no})
         status, data, _ = await self.request("GET", path_qs, None)

@@ -9,6 +9,7 @@ from aiohttp import web
 from channels.base import Connector, Notification
 from core.clock import Clock
 from core.order import CreateOrder
+from core.refund import CreateRefund
 from core.settings import Settings
 from gateway.auth import NonceStore
 from gateway.batcher import ShardBatcher
@@ -27,6 +28,9 @@ class ShardsPort(Protocol):
     async def notify_many(self, shard: int, tickets: list[str], notes: list[Notification]
                           ) -> list[bool | None]: ...
     async def ping(self, shard: int) -> dict[str, Any]: ...
+    async def create_refund(self, shard: int, cmd: CreateRefund) -> dict[str, Any]: ...
+    async def list_refunds(self, shard: int, app_id: str, order_id: str
+                           ) -> dict[str, Any] | None: ...
 
 
 SETTINGS = web.AppKey("settings", Settings)

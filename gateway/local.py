@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from core.errors import ConfigError
 from core.settings import Settings
@@ -145,15 +145,33 @@ def start_sandbox(settings: Settings, data_dir: Path, extra: Sequence[str] = ())
     return child
 
 
-def start_ray(settings: Settings) -> None:
-    """Start (or join) Ray. RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 must be in the environment before
-    `ray` is first imported; the CLI and the test session set it."""
+def start_ray(settings: Settings) -> Any:
+    """Start (or join) Ray; returns the ray.cluster_utils.Cluster it made for
+    ``ray.local_nodes`` > 1 (the caller shuts it down after ray.shutdown()), else None.
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 must be in the environment before `ray` is first
+    imported; the CLI and the test session set it, so every node is 127.0.0.1."""
     if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") != "0" and settings.mode == "local":
         raise ConfigError("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 must be set before Ray starts")
     import ray
     ns = settings.ray.namespace
+    cpus = settings.ray.num_cpus or os.cpu_count() or 1
     if settings.ray.address:
         ray.init(address=settings.ray.address, namespace=ns, log_to_driver=False)
-    else:
+        return None
+    if settings.ray.local_nodes <= 1:
         ray.init(address="local", include_dashboard=False, namespace=ns, log_to_driver=False,
-                 num_cpus=settings.ray.num_cpus or os.cpu_count())
+                 num_cpus=cpus)
+        return None
+    from ray.cluster_utils import Cluster
+    per_node = max(1, cpus // settings.ray.local_nodes)
+    cluster = Cluster(initialize_head=True,
+                      head_node_args={"num_cpus": per_node, "include_dashboard": False})
+    try:
+        for _ in range(settings.ray.local_nodes - 1):
+            cluster.add_node(num_cpus=per_node)
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, namespace=ns, log_to_driver=False)
+    except BaseException:
+        cluster.shutdown()
+        raise
+    return cluster

@@ -16,6 +16,8 @@ class GatewayMetrics:
                                  buckets=LATENCY_BUCKETS_S, registry=self.registry)
         self.orders = Counter("paycell_gateway_orders", "Order replies by status",
                               ["status"], registry=self.registry)
+        self.refunds = Counter("paycell_gateway_refunds", "Refund replies by status",
+                               ["status"], registry=self.registry)
         self.notifications = Counter("paycell_gateway_notifications",
                                      "Channel notifications by channel and result",
                                      ["channel", "result"], registry=self.registry)

@@ -10,6 +10,7 @@ import copy
 from typing import Any, Collection
 
 from core.money import AMOUNT_MINOR_MAX, CURRENCY_EXPONENT
+from core.refund import RefundStatus
 from core.states import OrderStatus, Rung
 from gateway import validation as v
 
@@ -33,9 +34,21 @@ ERROR_RESPONSES = {
     "409": ("IdempotencyConflict", "The out_trade_no was used with a different body."),
     "413": ("PayloadTooLarge", "The body is larger than the gateway accepts."),
     "415": ("UnsupportedMediaType", "The body must be application/json."),
-    "422": ("RiskRejected", "Refused by risk control."),
+    "422": ("Unprocessable", "Refused by risk control (`risk_rejected`), or no enabled channel "
+                             "takes this payment (`no_channel`)."),
     "429": ("RateLimited", "Too many requests; retry after Retry-After seconds."),
     "503": ("Unavailable", "Temporarily unavailable or at a bound; retry after Retry-After."),
+}
+# The refund endpoint's own meanings of 409 and 422 (the `code` says which).
+REFUND_ERROR_RESPONSES = {
+    "409": ("RefundConflict",
+            "`idempotency_conflict`: the out_refund_no was used for this order with a different "
+            "body; `order_not_refundable`: the order is not SUCCEEDED (nothing was changed)."),
+    "422": ("RefundRefused",
+            "Nothing was changed. `refund_exceeds_paid`: the refunds would add up to more than "
+            "the paid amount (PENDING refunds count); `refund_window_closed`: the channel's "
+            "refund window after the payment is over; `too_many_refunds`: the payment has as "
+            "many refunds as the channel allows (FAILED ones aside) or paycell keeps per order."),
 }
 
 
@@ -139,7 +152,8 @@ def order_schema() -> dict[str, Any]:
                                    description="How the order became final; null until then."),
             "created_at": _string(format="date-time"),
             "updated_at": _string(format="date-time"),
-            "refunded_amount": {"type": "integer", "format": "int64", "minimum": 0},
+            "refunded_amount": {"type": "integer", "format": "int64", "minimum": 0,
+                                "description": "The sum of the order's SUCCEEDED refunds."},
             "failure": {"type": "object", "required": ["code", "message"],
                         "properties": {"code": _string(), "message": _string()},
                         "description": "Present when status is FAILED."},
@@ -149,6 +163,66 @@ def order_schema() -> dict[str, Any]:
             "tried_channels": {"type": "array", "items": _string(),
                                "description": "Channels paycell chose first that certainly "
                                               "did not charge (declined or unreachable)."},
+        },
+    }
+
+
+def create_refund_schema() -> dict[str, Any]:
+    return {
+        "type": "object", "additionalProperties": False,
+        "required": list(v.REFUND_REQUIRED_FIELDS),
+        "properties": {
+            "out_refund_no": _string(f"^{v.OUT_REFUND_NO_RE.pattern}$",
+                                     description="The merchant's idempotency key for this "
+                                                 "refund, unique per order."),
+            "amount": {"type": "integer", "format": "int64", "minimum": 1,
+                       "maximum": AMOUNT_MINOR_MAX,
+                       "description": "Minor units of the order's currency; all refunds of an "
+                                      "order add up to at most its amount."},
+            "reason": _string(maxLength=v.REASON_LEN_MAX,
+                              description="Optional; passed to the channel where it takes one."),
+        },
+    }
+
+
+def refund_schema() -> dict[str, Any]:
+    final_rungs: list[Any] = [r.value for r in Rung]
+    return {
+        "type": "object",
+        "required": ["refund_id", "order_id", "out_refund_no", "amount", "currency", "status",
+                     "reason", "resolved_by", "channel_refund_no", "created_at", "updated_at"],
+        "properties": {
+            "refund_id": _string(description="paycell's id (R_<region>_<set>_<shard>_<token>), "
+                                             "the channel's merchant refund number."),
+            "order_id": _string(), "out_refund_no": _string(),
+            "amount": {"type": "integer", "format": "int64", "minimum": 1},
+            "currency": _string(enum=sorted(CURRENCY_EXPONENT)),
+            "status": _string(enum=[s.value for s in RefundStatus]),
+            "reason": _string(),
+            "resolved_by": _string(nullable=True, enum=final_rungs + [None],
+                                   description="How the refund became final; null until then."),
+            "channel_refund_no": _string(nullable=True,
+                                         description="The channel's refund id, once known."),
+            "created_at": _string(format="date-time"),
+            "updated_at": _string(format="date-time"),
+            "failure": {"type": "object", "required": ["code", "message"],
+                        "properties": {"code": _string(), "message": _string()},
+                        "description": "Present when status is FAILED (no money moved)."},
+        },
+    }
+
+
+def refund_list_schema() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["order_id", "amount", "currency", "refunded_amount", "refunds"],
+        "properties": {
+            "order_id": _string(),
+            "amount": {"type": "integer", "format": "int64", "minimum": 1},
+            "currency": _string(enum=sorted(CURRENCY_EXPONENT)),
+            "refunded_amount": {"type": "integer", "format": "int64", "minimum": 0},
+            "refunds": {"type": "array", "items": _ref("Refund"),
+                        "description": "Oldest first."},
         },
     }
 
@@ -172,6 +246,8 @@ def problem_schema() -> dict[str, Any]:
 def components(channels: Collection[str] | None) -> dict[str, Any]:
     schemas = {"CreateOrderRequest": create_order_schema(channels), **payment_schemas(),
                "Order": order_schema(), "Problem": problem_schema(),
+               "CreateRefundRequest": create_refund_schema(), "Refund": refund_schema(),
+               "RefundList": refund_list_schema(),
                "Health": {"type": "object", "additionalProperties": True,
                           "properties": {"status": _string()}}}
     headers = {
@@ -181,7 +257,8 @@ def components(channels: Collection[str] | None) -> dict[str, Any]:
                        "schema": {"type": "integer", "minimum": 0}},
     }
     responses = {name: _problem_response(code, text)
-                 for code, (name, text) in ERROR_RESPONSES.items()}
+                 for code, (name, text) in (*ERROR_RESPONSES.items(),
+                                            *REFUND_ERROR_RESPONSES.items())}
     security = {scheme: {"type": "apiKey", "in": "header", "name": header, "description": text}
                 for scheme, (header, text) in AUTH_HEADERS.items()}
     parameters = {
@@ -214,6 +291,10 @@ def _errors(*codes: str) -> dict[str, Any]:
     return {code: {"$ref": RESPONSE_REF + ERROR_RESPONSES[code][0]} for code in codes}
 
 
+def _refund_errors(*codes: str) -> dict[str, Any]:
+    return {code: {"$ref": RESPONSE_REF + REFUND_ERROR_RESPONSES[code][0]} for code in codes}
+
+
 def _param(name: str) -> dict[str, str]:
     return {"$ref": "#/components/parameters/" + name}
 
@@ -238,7 +319,37 @@ def order_paths() -> dict[str, Any]:
     get = {"operationId": "getOrder", "summary": "The order with this id.", "tags": ["orders"],
            "parameters": [_param("OrderId"), _param("RequestIdHeader")],
            "responses": {"200": order_ok, **_errors("401", "404", "429", "503")}}
-    return {"/v1/orders": {"post": create, "get": find}, "/v1/orders/{order_id}": {"get": get}}
+    return {"/v1/orders": {"post": create, "get": find}, "/v1/orders/{order_id}": {"get": get},
+            **refund_paths()}
+
+
+def refund_paths() -> dict[str, Any]:
+    create = {
+        "operationId": "createRefund", "tags": ["refunds"],
+        "summary": "Refund (part of) a SUCCEEDED order (idempotent on out_refund_no).",
+        "description": "The refund is stored PENDING before the channel is called. Its answer "
+                       "within the refund sync deadline gives 200 (SUCCEEDED or FAILED); "
+                       "otherwise 202 PENDING, resolved by the channel's notification or by "
+                       "querying it, and after the async window by reconciliation. The same "
+                       "out_refund_no with the same body returns the same refund (its current "
+                       "state).",
+        "parameters": [_param("OrderId"), _param("RequestIdHeader")],
+        "requestBody": {"required": True, "content": {
+            "application/json": {"schema": _ref("CreateRefundRequest")}}},
+        "responses": {
+            "200": _json_response("The refund reached a final state (SUCCEEDED or FAILED).",
+                                  "Refund"),
+            "202": _json_response("The refund is PENDING (async).", "Refund"),
+            **_errors("400", "401", "404"), **_refund_errors("409"), **_errors("413", "415"),
+            **_refund_errors("422"), **_errors("429", "503")},
+    }
+    listing = {
+        "operationId": "listRefunds", "tags": ["refunds"], "summary": "The order's refunds.",
+        "parameters": [_param("OrderId"), _param("RequestIdHeader")],
+        "responses": {"200": _json_response("The order's refunds, oldest first.", "RefundList"),
+                      **_errors("401", "404", "429", "503")},
+    }
+    return {"/v1/orders/{order_id}/refunds": {"post": create, "get": listing}}
 
 
 def public_paths() -> dict[str, Any]:
@@ -282,7 +393,8 @@ def openapi_document(server_url: str, channels: Collection[str] | None = None) -
                                 "currency's minor unit; errors are application/problem+json."},
         "servers": [{"url": server_url}],
         "security": [{scheme: [] for scheme in AUTH_HEADERS}],
-        "tags": [{"name": "orders"}, {"name": "channels"}, {"name": "operations"}],
+        "tags": [{"name": "orders"}, {"name": "refunds"}, {"name": "channels"},
+                 {"name": "operations"}],
         "paths": {**order_paths(), **public_paths()},
         "components": components(channels),
     }

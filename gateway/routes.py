@@ -16,7 +16,8 @@ from core.ids import parse_order_id, shard_for_key
 from gateway import keys
 from gateway.auth import authenticate
 from gateway.openapi import openapi_document
-from gateway.validation import check_order_id, check_out_trade_no, parse_create_order
+from gateway.validation import (check_order_id, check_out_trade_no, parse_create_order,
+                                parse_create_refund)
 
 log = logging.getLogger("paycell.gateway")
 READY_TIMEOUT_S = 2.0
@@ -90,6 +91,32 @@ async def find_order(request: web.Request) -> web.Response:
     return _json(order)
 
 
+async def create_refund(request: web.Request) -> web.Response:
+    received_at = request.app[keys.CLOCK].time()
+    if request.content_type != "application/json":
+        raise UnsupportedMediaType("Content-Type must be application/json")
+    body = await request.read()
+    app_id = await _authenticated(request, body)
+    order_id = request.match_info["order_id"]
+    shard = _local_shard(request, order_id)
+    cmd = replace(parse_create_refund(app_id, order_id, body), received_at=received_at)
+    reply = await request.app[keys.SHARDS].create_refund(shard, cmd)
+    if "error" in reply:
+        raise error_for_code(reply["error"], reply.get("detail", ""), reply.get("retry_after_s"))
+    request.app[keys.METRICS].refunds.labels(reply["refund"]["status"]).inc()
+    return _json(reply["refund"], reply["http"])
+
+
+async def list_refunds(request: web.Request) -> web.Response:
+    app_id = await _authenticated(request, b"")
+    order_id = request.match_info["order_id"]
+    shard = _local_shard(request, order_id)
+    refunds = await request.app[keys.SHARDS].list_refunds(shard, app_id, order_id)
+    if refunds is None:
+        raise NotFound("no such order")
+    return _json(refunds)
+
+
 async def channel_notify(request: web.Request) -> web.Response:
     channel = request.match_info["channel"]
     connector = request.app[keys.NOTIFIERS].get(channel)
@@ -158,6 +185,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/orders", create_order, name="create_order")
     app.router.add_get("/v1/orders", find_order, name="find_order")
     app.router.add_get("/v1/orders/{order_id}", get_order, name="get_order")
+    app.router.add_post("/v1/orders/{order_id}/refunds", create_refund, name="create_refund")
+    app.router.add_get("/v1/orders/{order_id}/refunds", list_refunds, name="list_refunds")
     app.router.add_post("/v1/notify/{channel}", channel_notify, name="notify")
     app.router.add_get("/v1/openapi.json", openapi, name="openapi")
     app.router.add_get("/healthz", healthz, name="healthz")

@@ -18,6 +18,7 @@ from core.errors import NotFound, ValidationError
 from core.ids import parse_order_id
 from core.money import AMOUNT_MINOR_MAX, CURRENCY_EXPONENT
 from core.order import CreateOrder
+from core.refund import CreateRefund
 
 PAYMENT_TYPES = ("barcode", "app", "native", "card")
 TOP_LEVEL_FIELDS = frozenset({"out_trade_no", "user_id", "amount", "currency", "subject",
@@ -36,6 +37,10 @@ USER_ID_LEN_MAX = 64
 SUBJECT_LEN_MAX = 128
 FINGERPRINT_LEN_MAX = 128
 NOTIFY_URL_LEN_MAX = 512
+REFUND_FIELDS = frozenset({"out_refund_no", "amount", "reason"})
+REFUND_REQUIRED_FIELDS = ("out_refund_no", "amount")
+OUT_REFUND_NO_RE = OUT_TRADE_NO_RE
+REASON_LEN_MAX = 80    # WeChat Pay's refund reason; the tightest of the channels
 
 _ESCAPED_COLON_RE = re.compile(rb"\\u003[aA]")
 BODY_FIELD = "body"  # the field named when the body as a whole is wrong
@@ -89,6 +94,24 @@ def parse_create_order(app_id: str, body: bytes, channels: Collection[str]) -> C
                        currency=currency, subject=subject, channel=channel or "",
                        payment_type=payment_type, auth_code=auth_code, notify_url=notify_url or "",
                        payment_token=token, country=country or "")
+
+
+def parse_create_refund(app_id: str, order_id: str, body: bytes) -> CreateRefund:
+    """Parse and check a POST /v1/orders/{order_id}/refunds body (``order_id`` already checked);
+    raises ``ValidationError`` listing every problem."""
+    data = parse_json_object(body)
+    problems = _Problems()
+    for name in sorted(set(data) - REFUND_FIELDS):
+        problems.add(name, "unknown field")
+    for name in REFUND_REQUIRED_FIELDS:
+        if name not in data:
+            problems.add(name, "is required")
+    out_refund_no = _check(problems, data, "out_refund_no", _out_refund_no_problem)
+    amount = _check(problems, data, "amount", _amount_problem)
+    reason = _check(problems, data, "reason", _reason_problem)
+    problems.raise_if_any()
+    return CreateRefund(app_id=app_id, order_id=order_id, out_refund_no=out_refund_no,
+                        amount=amount, reason=reason or "")
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:
@@ -160,6 +183,18 @@ def _out_trade_no_problem(value: Any) -> str:
     if isinstance(value, str) and OUT_TRADE_NO_RE.fullmatch(value):
         return ""
     return "must be 1-64 of [A-Za-z0-9_-]"
+
+
+def _out_refund_no_problem(value: Any) -> str:
+    if isinstance(value, str) and OUT_REFUND_NO_RE.fullmatch(value):
+        return ""
+    return "must be 1-64 of [A-Za-z0-9_-]"
+
+
+def _reason_problem(value: Any) -> str:
+    if isinstance(value, str) and len(value) <= REASON_LEN_MAX and value.isprintable():
+        return ""
+    return f"must be at most {REASON_LEN_MAX} printable characters"
 
 
 def _user_id_problem(value: Any) -> str:

@@ -1,6 +1,6 @@
 """The Alipay connector: HTTP I/O only. Requests are built and answers mapped in transformers.
 
-Transport failures are mapped by what they mean for the money:
+Failures are mapped by what they mean for the money (transport errors in channels.transport):
   * the connection could not be established (refused, DNS, connect timeout)  -> NotSent
   * timeout, disconnect or reset after sending, an HTTP 5xx                  -> OutcomeUnknown
   * an answer that is unsigned, badly signed, unparseable or an odd status   -> ProtocolError
@@ -11,23 +11,22 @@ gateway's own host or a host listed in settings (alipay.bill_download_hosts), ne
 """
 from __future__ import annotations
 
-import asyncio
 from datetime import date
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPublicKey
 
 from channels.alipay import bill, signing, transformers as tf
 from channels.base import (Ack, Capabilities, ChannelResult, ChargeRequest, Notification,
-                           NotSent, OutcomeUnknown, ProtocolError, RefundRequest, RefundResult,
+                           OutcomeUnknown, ProtocolError, RefundRequest, RefundResult,
                            RefundStatus, Statement)
+from channels.transport import Transport, guarded, read_bounded
 from core.clock import Clock, SystemClock
 from core.settings import Settings
 
 RESPONSE_BODY_MAX_BYTES = 1_048_576
-CONNECT_TIMEOUT_MS_MAX = 2000
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 ACK_ACCEPTED = Ack(200, "text/plain", b"success")
 ACK_REFUSED = Ack(400, "text/plain", b"fail")
@@ -92,15 +91,12 @@ class AlipayConnector:
     def __init__(self, config: AlipayConfig, session: aiohttp.ClientSession | None,
                  clock: Clock | None = None) -> None:
         self._config = config
-        self._session = session
-        self._owns_session = False
+        self._http = Transport(session, config.call_timeout_ms, config.connections_max)
         self._clock: Clock = clock or SystemClock()
 
     async def close(self) -> None:
         """Close the HTTP session if this connector created it (never an injected one)."""
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     # ---- Connector ------------------------------------------------------------------------
 
@@ -161,75 +157,38 @@ class AlipayConnector:
         params = tf.bill_url_params(self._config.app_id, day, self._clock.now())
         url = tf.map_bill_url(await self._call(tf.METHOD_BILL_URL, params),
                               self._config.bill_hosts)
-        archive = await _guarded(tf.METHOD_BILL_URL, lambda: self._download(url))
+        archive = await guarded(tf.METHOD_BILL_URL, lambda: self._download(url))
         return bill.parse_bill(archive, day)
 
     # ---- HTTP -----------------------------------------------------------------------------
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._config.connections_max)
-            self._session = aiohttp.ClientSession(connector=connector)
-            self._owns_session = True
-        return self._session
-
-    def _timeout(self) -> aiohttp.ClientTimeout:
-        total_ms = self._config.call_timeout_ms
-        return aiohttp.ClientTimeout(total=total_ms / 1000,
-                                     sock_connect=min(total_ms, CONNECT_TIMEOUT_MS_MAX) / 1000)
-
     async def _call(self, method: str, params: dict[str, str]) -> dict[str, Any]:
         signed = signing.sign_params(params, self._config.app_private_key)
         query, form = tf.split_for_wire(signed)
-        body = await _guarded(method, lambda: self._post(query, form))
+        body = await guarded(method, lambda: self._post(query, form))
         return signing.open_response(body, method, self._config.alipay_public_key)
 
     async def _post(self, query: dict[str, str], form: dict[str, str]) -> bytes:
         headers = {"Content-Type": f"{FORM_CONTENT_TYPE};charset={signing.CHARSET}"}
-        async with self._http().post(self._config.gateway_url, params=query, data=form,
-                                     headers=headers, timeout=self._timeout()) as resp:
+        async with self._http.session().post(self._config.gateway_url, params=query, data=form,
+                                             headers=headers, timeout=self._http.timeout()) as resp:
             if resp.status >= 500:
                 raise OutcomeUnknown(f"alipay gateway answered HTTP {resp.status}")
             if resp.status != 200:
                 raise ProtocolError(f"alipay gateway answered HTTP {resp.status}")
-            if (resp.content_length or 0) > RESPONSE_BODY_MAX_BYTES:
-                raise ProtocolError("alipay answer too large")
-            body = await resp.content.read(RESPONSE_BODY_MAX_BYTES + 1)
-            if len(body) > RESPONSE_BODY_MAX_BYTES:
-                raise ProtocolError("alipay answer too large")
-            return body
-
+            return await read_bounded(resp, RESPONSE_BODY_MAX_BYTES, "alipay answer")
 
     async def _download(self, url: str) -> bytes:
         """GET the bill file (unsigned, no redirects followed: the host was checked)."""
-        timeout = aiohttp.ClientTimeout(total=self._config.bill_timeout_ms / 1000,
-                                        sock_connect=CONNECT_TIMEOUT_MS_MAX / 1000)
-        async with self._http().get(url, timeout=timeout, allow_redirects=False) as resp:
+        timeout = self._http.timeout(self._config.bill_timeout_ms)
+        async with self._http.session().get(url, timeout=timeout, allow_redirects=False) as resp:
             if resp.status >= 500:
                 raise OutcomeUnknown(f"alipay bill download answered HTTP {resp.status}")
             if resp.status != 200:
                 raise ProtocolError(f"alipay bill download answered HTTP {resp.status}")
-            limit = bill.BILL_ZIP_MAX_BYTES
-            if (resp.content_length or 0) > limit:
-                raise ProtocolError("alipay bill archive too large")
-            body = await resp.content.read(limit + 1)
-            if len(body) > limit:
-                raise ProtocolError("alipay bill archive too large")
+            body = await read_bounded(resp, bill.BILL_ZIP_MAX_BYTES, "alipay bill archive")
             if not body.startswith(ZIP_MAGIC):
                 # an expired URL ("下载超时，请重新下载") answers a page, not the archive
                 raise ProtocolError("alipay bill download did not return a ZIP (URL expired?)")
             return body
 
-
-async def _guarded(method: str, send: Callable[[], Any]) -> bytes:
-    """Run one HTTP exchange and turn transport errors into what they mean for the money."""
-    try:
-        body: bytes = await send()
-        return body
-    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError,
-            aiohttp.InvalidURL) as e:
-        raise NotSent(f"{method}: could not connect ({type(e).__name__})") from None
-    except (asyncio.TimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
-            aiohttp.ClientPayloadError, aiohttp.ClientResponseError,
-            aiohttp.ClientConnectionError) as e:
-        raise OutcomeUnknown(f"{method}: sent, no answer ({type(e).__name__})") from None

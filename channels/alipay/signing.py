@@ -19,40 +19,25 @@ Nothing here logs; keys and signatures never appear in exception messages.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
-from pathlib import Path
 from typing import Any, Mapping
 
 import orjson
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from channels import crypto
 from channels.base import ProtocolError
 
 CHARSET = "utf-8"
 SIGN_TYPE = "RSA2"
-SIGNATURE_B64_MAX_CHARS = 1024   # a 4096-bit signature is 684 Base64 chars
 ERROR_RESPONSE_KEY = "error_response"
 
 
 # ---- keys -----------------------------------------------------------------------------------
 
-def load_private_key(path: str | Path) -> rsa.RSAPrivateKey:
-    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise ValueError(f"{path}: not an RSA private key")
-    return key
-
-
-def load_public_key(path: str | Path) -> rsa.RSAPublicKey:
-    key = serialization.load_pem_public_key(Path(path).read_bytes())
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise ValueError(f"{path}: not an RSA public key")
-    return key
+load_private_key = crypto.load_private_key      # PEM files, as every RSA channel's
+load_public_key = crypto.load_public_key
 
 
 # ---- sign content ---------------------------------------------------------------------------
@@ -85,25 +70,12 @@ def notify_sign_content(params: Mapping[str, Any]) -> str:
 # ---- RSA2 -----------------------------------------------------------------------------------
 
 def sign_rsa2(private_key: rsa.RSAPrivateKey, content: str | bytes) -> str:
-    data = content.encode(CHARSET) if isinstance(content, str) else content
-    signature = private_key.sign(data, padding.PKCS1v15(), hashes.SHA256())
-    return base64.b64encode(signature).decode("ascii")
+    return crypto.sign(private_key, content)       # CHARSET is crypto's: UTF-8
 
 
 def verify_rsa2(public_key: rsa.RSAPublicKey, content: str | bytes, signature_b64: str) -> bool:
     """True only for a valid SHA256withRSA signature; never raises on malformed input."""
-    if not signature_b64 or len(signature_b64) > SIGNATURE_B64_MAX_CHARS:
-        return False
-    try:
-        signature = base64.b64decode(signature_b64, validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    data = content.encode(CHARSET) if isinstance(content, str) else content
-    try:
-        public_key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
-    except InvalidSignature:
-        return False
-    return True
+    return crypto.verify(public_key, content, signature_b64)
 
 
 def sign_params(params: Mapping[str, str], private_key: rsa.RSAPrivateKey) -> dict[str, str]:

@@ -41,6 +41,7 @@ from typing import Any, Mapping
 import orjson
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 
+from channels import callbacks
 from channels.alipay import signing
 from channels.base import (ChannelError, ChannelResult, ChargeRequest, Notification, NotificationKind,
                            OutcomeUnknown, ProtocolError, RefundRequest, RefundResult,
@@ -392,17 +393,7 @@ def allowed_bill_hosts(gateway_url: str, extra_hosts: str = "") -> frozenset[str
 
 def parse_form(body: bytes) -> dict[str, str]:
     """An x-www-form-urlencoded utf-8 body as a dict; ProtocolError on repeats or bad bytes."""
-    if len(body) > NOTIFY_BODY_MAX_BYTES:
-        raise ProtocolError("alipay notification body too large")
-    try:
-        pairs = urllib.parse.parse_qsl(body.decode(signing.CHARSET), keep_blank_values=True,
-                                       strict_parsing=True, errors="strict")
-    except (UnicodeDecodeError, ValueError):
-        raise ProtocolError("alipay notification is not a utf-8 form") from None
-    form = dict(pairs)
-    if len(form) != len(pairs):
-        raise ProtocolError("alipay notification repeats a field")
-    return form
+    return callbacks.parse_form(body, NOTIFY_BODY_MAX_BYTES, "alipay")
 
 
 def map_notification(form: Mapping[str, str], app_id: str,

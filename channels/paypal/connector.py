@@ -1,7 +1,7 @@
 """The PayPal connector: HTTP I/O only (OAuth2 token, Orders v2, Payments v2, Transaction Search,
 Webhooks Management). Requests are built and answers mapped in transformers.
 
-Transport failures are mapped by what they mean for the money:
+Failures are mapped by what they mean for the money (transport errors in channels.transport):
   * the connection could not be established, the token could not be had, a 429     -> NotSent
   * timeout, disconnect or reset after sending, an HTTP 5xx                         -> OutcomeUnknown
   * an answer that is not JSON, too large or contradicts the request                -> ProtocolError
@@ -19,7 +19,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import aiohttp
 import orjson
@@ -29,6 +29,7 @@ from channels.base import (Ack, Capabilities, ChannelError, ChannelResult, Charg
                            Notification, NotSent, OutcomeUnknown, ProtocolError, RefundRequest,
                            RefundResult, RefundStatus, Statement, StatementKind)
 from channels.paypal import signing, transformers as tf
+from channels.transport import Transport, guarded, read_bounded
 from core.clock import Clock, SystemClock
 from core.settings import Secret, Settings
 from core.states import Fact
@@ -36,7 +37,6 @@ from core.states import Fact
 log = logging.getLogger("paycell.channels.paypal")
 
 RESPONSE_BODY_MAX_BYTES = 4_194_304    # a 500-row Transaction Search page is ~1 MB
-CONNECT_TIMEOUT_MS_MAX = 2000
 ORDER_IDS_CACHED_MAX = 100_000         # paycell order id -> PayPal order id, most recent kept
 STATEMENT_PAGES_MAX = 200              # 100,000 transactions a day at 500 a page
 DEFAULT_FENCE_CURRENCY = "USD"         # cancel() is not told the currency; a fence never pays
@@ -94,8 +94,7 @@ class PayPalConnector:
     def __init__(self, config: PayPalConfig, session: aiohttp.ClientSession | None,
                  clock: Clock | None = None) -> None:
         self._config = config
-        self._session = session
-        self._owns_session = False
+        self._http = Transport(session, config.call_timeout_ms, config.connections_max)
         self._clock: Clock = clock or SystemClock()
         self._token: tf.Token | None = None
         self._token_lock = asyncio.Lock()
@@ -104,9 +103,7 @@ class PayPalConnector:
 
     async def close(self) -> None:
         """Close the HTTP session if this connector created it (never an injected one)."""
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     # ---- Connector: payments ----------------------------------------------------------------
 
@@ -271,18 +268,6 @@ class PayPalConnector:
 
     # ---- HTTP -------------------------------------------------------------------------------
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._config.connections_max)
-            self._session = aiohttp.ClientSession(connector=connector)
-            self._owns_session = True
-        return self._session
-
-    def _timeout(self) -> aiohttp.ClientTimeout:
-        total_ms = self._config.call_timeout_ms
-        return aiohttp.ClientTimeout(total=total_ms / 1000,
-                                     sock_connect=min(total_ms, CONNECT_TIMEOUT_MS_MAX) / 1000)
-
     async def _access_token(self, stale: str = "") -> str:
         """The cached token, renewed shortly before it expires or when `stale` was refused."""
         async with self._token_lock:
@@ -298,12 +283,12 @@ class PayPalConnector:
                    "Accept": "application/json"}
 
         async def send() -> tuple[int, bytes]:
-            async with self._http().post(c.base_url + tf.TOKEN_PATH, headers=headers,
-                                         data={"grant_type": "client_credentials"},
-                                         timeout=self._timeout()) as resp:
+            async with self._http.session().post(c.base_url + tf.TOKEN_PATH, headers=headers,
+                                                 data={"grant_type": "client_credentials"},
+                                                 timeout=self._http.timeout()) as resp:
                 return resp.status, await _read(resp)
         try:
-            status, body = await _guarded("oauth2 token", send)
+            status, body = await guarded("oauth2 token", send)
         except OutcomeUnknown as e:      # no money call was sent: nothing happened
             raise NotSent(f"paypal token: {e}") from None
         if status != 200:
@@ -349,20 +334,15 @@ class PayPalConnector:
             headers["PayPal-Request-Id"] = tf.check_request_id(request_id)
 
         async def send() -> tuple[int, bytes]:
-            async with self._http().request(method, self._config.base_url + path, data=data,
-                                            params=params, headers=headers,
-                                            timeout=self._timeout()) as resp:
+            async with self._http.session().request(method, self._config.base_url + path,
+                                                    data=data, params=params, headers=headers,
+                                                    timeout=self._http.timeout()) as resp:
                 return resp.status, await _read(resp)
-        return await _guarded(f"{method} {path}", send)
+        return await guarded(f"{method} {path}", send)
 
 
 async def _read(resp: aiohttp.ClientResponse) -> bytes:
-    if (resp.content_length or 0) > RESPONSE_BODY_MAX_BYTES:
-        raise ProtocolError("paypal answer too large")
-    body = await resp.content.read(RESPONSE_BODY_MAX_BYTES + 1)
-    if len(body) > RESPONSE_BODY_MAX_BYTES:
-        raise ProtocolError("paypal answer too large")
-    return body
+    return await read_bounded(resp, RESPONSE_BODY_MAX_BYTES, "paypal answer")
 
 
 def _json(body: bytes) -> dict[str, Any]:
@@ -374,16 +354,3 @@ def _json(body: bytes) -> dict[str, Any]:
         raise ProtocolError("paypal answer is not a JSON object")
     return payload
 
-
-async def _guarded(what: str, send: Callable[[], Any]) -> tuple[int, bytes]:
-    """Run one HTTP exchange and turn transport errors into what they mean for the money."""
-    try:
-        answer: tuple[int, bytes] = await send()
-        return answer
-    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError,
-            aiohttp.InvalidURL) as e:
-        raise NotSent(f"{what}: could not connect ({type(e).__name__})") from None
-    except (asyncio.TimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
-            aiohttp.ClientPayloadError, aiohttp.ClientResponseError,
-            aiohttp.ClientConnectionError) as e:
-        raise OutcomeUnknown(f"{what}: sent, no answer ({type(e).__name__})") from None

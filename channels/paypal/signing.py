@@ -24,13 +24,12 @@ from typing import Mapping
 from urllib.parse import urlsplit
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from channels import callbacks, crypto
 
 AUTH_ALGO = "SHA256withRSA"
 CERTS_PATH = "/v1/notifications/certs/"
-SIGNATURE_B64_MAX_CHARS = 1024        # a 4096-bit signature is 684 Base64 characters
 HEADER_VALUE_MAX_CHARS = 500          # PayPal's own bounds for these headers are 50..500
 
 H_TRANSMISSION_ID = "PAYPAL-TRANSMISSION-ID"
@@ -101,36 +100,22 @@ def sign_transmission(private_key: rsa.RSAPrivateKey, transmission_id: str,
                       transmission_time: str, webhook_id: str, body: bytes) -> str:
     """The sandbox's side: Base64 SHA256withRSA over the transmission message."""
     message = transmission_message(transmission_id, transmission_time, webhook_id, body)
-    signature = private_key.sign(message, padding.PKCS1v15(), hashes.SHA256())
-    return base64.b64encode(signature).decode("ascii")
+    return crypto.sign(private_key, message)
 
 
 def verify_transmission(cert: x509.Certificate, transmission_id: str, transmission_time: str,
                         webhook_id: str, body: bytes, signature_b64: str) -> bool:
     """True only for a valid signature by `cert`'s key; never raises on malformed input."""
-    if not signature_b64 or len(signature_b64) > SIGNATURE_B64_MAX_CHARS:
-        return False
-    try:
-        signature = base64.b64decode(signature_b64, validate=True)
-    except (binascii.Error, ValueError):
+    signature = crypto.decode_signature(signature_b64)
+    if signature is None:
         return False
     key = cert.public_key()
     assert isinstance(key, rsa.RSAPublicKey)
     message = transmission_message(transmission_id, transmission_time, webhook_id, body)
-    try:
-        key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
-    except InvalidSignature:
-        return False
-    return True
+    return crypto.verify_raw(key, message, signature)
 
 
-def header(headers: Mapping[str, str], name: str) -> str:
-    """A header by case-insensitive name ("" when absent): works on plain dicts too."""
-    value = headers.get(name)
-    if value is None:
-        lowered = name.lower()
-        value = next((v for k, v in headers.items() if k.lower() == lowered), "")
-    return value
+header = callbacks.header      # by case-insensitive name, "" when absent
 
 
 def verify_webhook(headers: Mapping[str, str], body: bytes, webhook_id: str,

@@ -1,7 +1,7 @@
 """The QQ Wallet (QPay) connector: HTTP I/O only. Requests are built and answers mapped in
 transformers; signatures in signing.
 
-Transport failures are mapped by what they mean for the money:
+Failures are mapped by what they mean for the money (transport errors in channels.transport):
   * the connection could not be established (refused, DNS, connect timeout)  -> NotSent
   * timeout, disconnect or reset after sending, an HTTP 5xx                  -> OutcomeUnknown
   * an answer that is badly signed, unparseable or an odd HTTP status         -> ProtocolError
@@ -11,7 +11,6 @@ Refund and reverse go to QPay's certificate host (api.qpay.qq.com, `cert_gateway
 """
 from __future__ import annotations
 
-import asyncio
 import secrets
 import ssl
 from dataclasses import dataclass, field
@@ -21,16 +20,16 @@ from typing import Any, Callable, Mapping
 import aiohttp
 
 from channels.base import (Ack, Capabilities, ChannelResult, ChargeRequest, Notification,
-                           NotSent, OutcomeUnknown, ProtocolError, RefundRequest, RefundResult,
+                           OutcomeUnknown, ProtocolError, RefundRequest, RefundResult,
                            Statement)
 from channels.qpay import signing, transformers as tf
+from channels.transport import Transport, guarded, read_bounded
 from core.clock import Clock, SystemClock
 from core.settings import Settings
 from core.states import Fact
 
 RESPONSE_BODY_MAX_BYTES = 1_048_576
 BILL_BODY_MAX_BYTES = tf.BILL_BODY_MAX_BYTES
-CONNECT_TIMEOUT_MS_MAX = 2000
 XML_CONTENT_TYPE = "text/xml; charset=utf-8"
 ACK_ACCEPTED = Ack(200, "text/xml", tf.ACK_SUCCESS)
 ACK_REFUSED = Ack(200, "text/xml", tf.ACK_FAIL)
@@ -90,8 +89,7 @@ class QPayConnector:
                  clock: Clock | None = None, nonce: Callable[[], str] | None = None) -> None:
         self._config = config
         self._merchant = tf.Merchant(config.mch_id, config.appid)
-        self._session = session
-        self._owns_session = False
+        self._http = Transport(session, config.call_timeout_ms, config.connections_max)
         self._clock: Clock = clock or SystemClock()
         self._nonce = nonce or (lambda: secrets.token_hex(16))
         self._ssl: ssl.SSLContext | None = None
@@ -101,9 +99,7 @@ class QPayConnector:
 
     async def close(self) -> None:
         """Close the HTTP session if this connector created it (never an injected one)."""
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     # ---- Connector ------------------------------------------------------------------------
 
@@ -157,27 +153,15 @@ class QPayConnector:
 
     async def statement(self, day: date) -> Statement:
         params = tf.statement_params(self._merchant, day, self._nonce())
-        body = await _guarded(tf.PATH_STATEMENT,
+        body = await guarded(tf.PATH_STATEMENT,
                               lambda: self._post(tf.PATH_STATEMENT, params, BILL_BODY_MAX_BYTES))
         return tf.parse_statement(body, day)
 
     # ---- HTTP -----------------------------------------------------------------------------
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._config.connections_max)
-            self._session = aiohttp.ClientSession(connector=connector)
-            self._owns_session = True
-        return self._session
-
-    def _timeout(self) -> aiohttp.ClientTimeout:
-        total_ms = self._config.call_timeout_ms
-        return aiohttp.ClientTimeout(total=total_ms / 1000,
-                                     sock_connect=min(total_ms, CONNECT_TIMEOUT_MS_MAX) / 1000)
-
     async def _call(self, path: str, params: dict[str, str], cert: bool = False) -> dict[str, str]:
-        body = await _guarded(path, lambda: self._post(path, params, RESPONSE_BODY_MAX_BYTES,
-                                                       cert))
+        body = await guarded(path, lambda: self._post(path, params, RESPONSE_BODY_MAX_BYTES,
+                                                      cert))
         return signing.open_signed(body, self._config.api_key, self._config.sign_type)
 
     async def _post(self, path: str, params: dict[str, str], max_bytes: int,
@@ -185,30 +169,12 @@ class QPayConnector:
         signed = signing.sign_params(params, self._config.api_key, self._config.sign_type)
         base = self._config.cert_gateway_url if cert else self._config.gateway_url
         extra: dict[str, Any] = {"ssl": self._ssl} if cert and self._ssl is not None else {}
-        async with self._http().post(base + path, data=signing.to_xml(signed),
-                                     headers={"Content-Type": XML_CONTENT_TYPE},
-                                     timeout=self._timeout(), **extra) as resp:
+        async with self._http.session().post(base + path, data=signing.to_xml(signed),
+                                             headers={"Content-Type": XML_CONTENT_TYPE},
+                                             timeout=self._http.timeout(), **extra) as resp:
             if resp.status >= 500:
                 raise OutcomeUnknown(f"qpay answered HTTP {resp.status}")
             if resp.status != 200:
                 raise ProtocolError(f"qpay answered HTTP {resp.status}")
-            if (resp.content_length or 0) > max_bytes:
-                raise ProtocolError("qpay answer too large")
-            body = await resp.content.read(max_bytes + 1)
-            if len(body) > max_bytes:
-                raise ProtocolError("qpay answer too large")
-            return body
+            return await read_bounded(resp, max_bytes, "qpay answer")
 
-
-async def _guarded(what: str, send: Callable[[], Any]) -> bytes:
-    """Run one HTTP exchange and turn transport errors into what they mean for the money."""
-    try:
-        body: bytes = await send()
-        return body
-    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError,
-            aiohttp.InvalidURL) as e:
-        raise NotSent(f"{what}: could not connect ({type(e).__name__})") from None
-    except (asyncio.TimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
-            aiohttp.ClientPayloadError, aiohttp.ClientResponseError,
-            aiohttp.ClientConnectionError) as e:
-        raise OutcomeUnknown(f"{what}: sent, no answer ({type(e).__name__})") from None

@@ -5,24 +5,21 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from channels import crypto
 
 KEYS_DIR = Path(__file__).resolve().parent / "keys"
 
 
 @functools.lru_cache(maxsize=None)
 def private_key(name: str) -> rsa.RSAPrivateKey:
-    key = serialization.load_pem_private_key((KEYS_DIR / name).read_bytes(), password=None)
-    assert isinstance(key, rsa.RSAPrivateKey), name
-    return key
+    return crypto.load_private_key(KEYS_DIR / name)
 
 
 @functools.lru_cache(maxsize=None)
 def public_key(name: str) -> rsa.RSAPublicKey:
-    key = serialization.load_pem_public_key((KEYS_DIR / name).read_bytes())
-    assert isinstance(key, rsa.RSAPublicKey), name
-    return key
+    return crypto.load_public_key(KEYS_DIR / name)
 
 
 @functools.lru_cache(maxsize=1)

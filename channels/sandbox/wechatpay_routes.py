@@ -17,7 +17,7 @@ from channels.sandbox.ledger import (REFUSE_AMOUNT, REFUSE_CONFLICT, REFUSE_NOT_
                                      REFUSE_TOO_MANY, LedgerFull, RefundRefused, StatementRow)
 from channels.sandbox.wechatpay import (BILL_URL_VALID_S, BILLS_KEPT_MAX, OPENID, TRADE_TYPES,
                                         BillFile, WechatPaySandbox)
-from channels.wechatpay import transformers as tf
+from channels.wechatpay import bill, transformers as tf
 
 AMOUNT_FEN_MAX = 10_000_000_000
 OUT_TRADE_NO = re.compile(r"[0-9A-Za-z_\-*|]{1,32}")
@@ -258,7 +258,7 @@ def _fee(amount: int) -> int:
 
 def bill_row(sb: WechatPaySandbox, row: StatementRow) -> list[str]:
     t, r, y = row.trade, row.refund, tf.fen_to_yuan
-    at = row.at.astimezone(tf.BEIJING).strftime(tf.BILL_TIME_FORMAT)
+    at = row.at.astimezone(tf.BEIJING).strftime(bill.BILL_TIME_FORMAT)
     is_refund = r is not None
     values = [at, sb.appid, sb.mchid, "0", "", t.trade_no, t.out_trade_no, OPENID,
               TRADE_TYPES.get(t.payment_type, "MICROPAY"), "REFUND" if is_refund else "SUCCESS",
@@ -267,17 +267,17 @@ def bill_row(sb: WechatPaySandbox, row: StatementRow) -> list[str]:
               y(r.amount if r else 0), "0.00", "ORIGINAL" if r else "", "SUCCESS" if r else "",
               _text(t.subject), "", y(0 if is_refund else _fee(t.total_amount)), "0.60%",
               y(0 if is_refund else t.total_amount), y(r.amount if r else 0), ""]
-    assert len(values) == len(tf.BILL_HEADER)
+    assert len(values) == len(bill.BILL_HEADER)
     return values
 
 
 def render_bill(sb: WechatPaySandbox, rows: list[StatementRow]) -> bytes:
     """The ALL trade bill: header, backtick-prefixed rows, summary header and row (yuan)."""
     body = [bill_row(sb, row) for row in rows]
-    sums = [sum(tf.yuan_to_fen(b[tf.COL[name]]) for b in body) for name in tf.SUMMED_COLUMNS]
+    sums = [sum(bill.yuan_to_fen(b[bill.COL[name]]) for b in body) for name in bill.SUMMED_COLUMNS]
     summary = [str(len(body))] + [tf.fen_to_yuan(s) for s in sums]
-    lines = [",".join(tf.BILL_HEADER)] + [",".join("`" + v for v in b) for b in body]
-    lines += [",".join(tf.SUMMARY_HEADER), ",".join("`" + v for v in summary)]
+    lines = [",".join(bill.BILL_HEADER)] + [",".join("`" + v for v in b) for b in body]
+    lines += [",".join(bill.SUMMARY_HEADER), ",".join("`" + v for v in summary)]
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 

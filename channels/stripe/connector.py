@@ -1,7 +1,7 @@
 """The Stripe connector (PaymentIntents, off-session card charges): HTTP I/O only. Requests are
 built and answers mapped in channels.stripe.transformers.
 
-Transport failures are mapped by what they mean for the money:
+Failures are mapped by what they mean for the money (transport errors in channels.transport):
   * the connection could not be established (refused, DNS, connect timeout)  -> NotSent
   * timeout, disconnect or reset after sending, an HTTP 5xx                  -> OutcomeUnknown
   * an answer that is not JSON, not the expected object, or an odd status    -> ProtocolError
@@ -40,9 +40,7 @@ Paycell-Sandbox-Webhook-Url; it never sends that header to a configured gateway.
 """
 from __future__ import annotations
 
-import asyncio
 import secrets
-import time
 import urllib.parse
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -51,16 +49,17 @@ from typing import Any, Callable, Mapping
 
 import aiohttp
 
+from channels import callbacks
 from channels.base import (Ack, Capabilities, ChannelResult, ChargeRequest, Notification,
                            NotSent, OutcomeUnknown, ProtocolError, RefundRequest, RefundResult,
                            RefundStatus, Statement)
-from channels.stripe import signing, transformers as tf
+from channels.stripe import forms, signing, transformers as tf
+from channels.transport import Transport, guarded, read_bounded
 from core.clock import Clock, SystemClock
 from core.settings import Settings
 from core.states import Fact
 
 RESPONSE_BODY_MAX_BYTES = 4 * 1_048_576
-CONNECT_TIMEOUT_MS_MAX = 2000
 RECENT_ORDERS_MAX = 100_000
 LIST_SLACK_S = 300            # clock skew allowed between paycell and Stripe for a list window
 LIST_PAGES_MAX = 20           # a lookup list (one customer, ten minutes) longer than this: unknown
@@ -120,17 +119,14 @@ class StripeConnector:
     def __init__(self, config: StripeConfig, session: aiohttp.ClientSession | None,
                  clock: Clock | None = None, nonce: Callable[[], str] | None = None) -> None:
         self._config = config
-        self._session = session
-        self._owns_session = False
+        self._http = Transport(session, config.call_timeout_ms, config.connections_max)
         self._clock: Clock = clock or SystemClock()
         self._nonce = nonce or (lambda: secrets.token_hex(8))
         self._recent: OrderedDict[str, _Sent] = OrderedDict()
 
     async def close(self) -> None:
         """Close the HTTP session if this connector created it (never an injected one)."""
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     # ---- Connector ------------------------------------------------------------------------
 
@@ -221,7 +217,7 @@ class StripeConnector:
     def parse_notification(self, body: bytes, headers: Mapping[str, str]) -> Notification:
         if len(body) > tf.NOTIFY_BODY_MAX_BYTES:
             raise ProtocolError("stripe webhook body too large")
-        header = _header(headers, signing.SIGNATURE_HEADER)
+        header = callbacks.header(headers, signing.SIGNATURE_HEADER)
         if not signing.verify(body, header, self._config.webhook_secret, self._now(),
                               self._config.webhook_tolerance_s):
             raise ProtocolError("stripe webhook signature does not verify")
@@ -328,18 +324,6 @@ class StripeConnector:
 
     # ---- HTTP -----------------------------------------------------------------------------
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._config.connections_max)
-            self._session = aiohttp.ClientSession(connector=connector)
-            self._owns_session = True
-        return self._session
-
-    def _timeout(self) -> aiohttp.ClientTimeout:
-        total_ms = self._config.call_timeout_ms
-        return aiohttp.ClientTimeout(total=total_ms / 1000,
-                                     sock_connect=min(total_ms, CONNECT_TIMEOUT_MS_MAX) / 1000)
-
     async def _get(self, path: str, params: Mapping[str, Any]) -> Mapping[str, Any]:
         status, payload = await self._call("GET", path, params)
         found = tf.map_read(status, payload, f"GET {path}")
@@ -351,7 +335,7 @@ class StripeConnector:
                     idempotency_key: str = "") -> tuple[int, dict[str, Any]]:
         headers = {"Authorization": signing.bearer(self._config.secret_key),
                    "Stripe-Version": tf.API_VERSION, "Accept": "application/json"}
-        encoded = tf.form_body(params)
+        encoded = forms.form_body(params)
         url = f"{self._config.base_url}{path}"
         body: str | None = None
         if method == "POST":
@@ -364,17 +348,13 @@ class StripeConnector:
         elif encoded:
             url = f"{url}?{encoded}"
         what = f"{method} {path}"
-        return await _guarded(what, lambda: self._send(method, url, headers, body))
+        return await guarded(what, lambda: self._send(method, url, headers, body), timed=True)
 
     async def _send(self, method: str, url: str, headers: dict[str, str],
                     body: str | None) -> tuple[int, dict[str, Any]]:
-        async with self._http().request(method, url, data=body, headers=headers,
-                                        timeout=self._timeout()) as resp:
-            if (resp.content_length or 0) > RESPONSE_BODY_MAX_BYTES:
-                raise ProtocolError("stripe answer too large")
-            raw = await resp.content.read(RESPONSE_BODY_MAX_BYTES + 1)
-            if len(raw) > RESPONSE_BODY_MAX_BYTES:
-                raise ProtocolError("stripe answer too large")
+        async with self._http.session().request(method, url, data=body, headers=headers,
+                                                timeout=self._http.timeout()) as resp:
+            raw = await read_bounded(resp, RESPONSE_BODY_MAX_BYTES, "stripe answer")
             try:
                 return resp.status, tf.parse_json(raw)
             except ProtocolError:
@@ -389,26 +369,4 @@ def _seg(identifier: str) -> str:
     return urllib.parse.quote(identifier, safe="")
 
 
-def _header(headers: Mapping[str, str], name: str) -> str:
-    value = headers.get(name)
-    if value is None:
-        lower = name.lower()
-        value = next((v for k, v in headers.items() if k.lower() == lower), "")
-    return value
 
-
-async def _guarded(what: str, send: Callable[[], Any]) -> tuple[int, dict[str, Any]]:
-    """Run one HTTP exchange and turn transport errors into what they mean for the money."""
-    started = time.monotonic()
-    try:
-        answer: tuple[int, dict[str, Any]] = await send()
-        return answer
-    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError,
-            aiohttp.InvalidURL) as e:
-        raise NotSent(f"{what}: could not connect ({type(e).__name__})") from None
-    except (asyncio.TimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
-            aiohttp.ClientPayloadError, aiohttp.ClientResponseError,
-            aiohttp.ClientConnectionError) as e:
-        elapsed_ms = int((time.monotonic() - started) * 1000)
-        raise OutcomeUnknown(f"{what}: sent, no answer after {elapsed_ms} ms "
-                             f"({type(e).__name__})") from None

@@ -1,7 +1,7 @@
 """Pure Stripe request builders and answer mappers; `now` is passed in, nothing does I/O.
 
-Stripe takes form-encoded parameters with bracketed nesting (``metadata[paycell_order_id]=…``,
-``expand[0]=data.source``, ``created[gte]=…``) and answers JSON. Amounts are integers in the
+Stripe takes form-encoded parameters with bracketed nesting (channels.stripe.forms) and answers
+JSON. Amounts are integers in the
 currency's smallest unit, which for every currency paycell routes to Stripe (USD, EUR, GBP, HKD,
 SGD: cents; JPY: zero-decimal yen) is exactly paycell's minor unit, so no conversion happens;
 currencies are lowercase on the wire and uppercase in paycell.
@@ -31,7 +31,6 @@ Error answers of POST /v1/payment_intents (docs.stripe.com/error-low-level, /err
 from __future__ import annotations
 
 import re
-import urllib.parse
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Iterable, Mapping, Sequence
@@ -56,7 +55,6 @@ METADATA_VALUE_MAX_CHARS = 500       # Stripe's limit for a metadata value
 IDEMPOTENCY_KEY_MAX_CHARS = 255
 LIST_LIMIT = 100                     # Stripe's page size maximum
 NOTIFY_BODY_MAX_BYTES = 262_144
-MAJOR_KEYS_MAX = 64
 
 # Currencies whose Stripe amount unit equals paycell's minor unit (core.money exponents).
 CURRENCIES = frozenset({"USD", "EUR", "GBP", "HKD", "SGD", "JPY"})
@@ -97,76 +95,11 @@ class StripeError:
     payment_intent: Mapping[str, Any] | None
 
 
-# ---- form encoding --------------------------------------------------------------------------
-
-def encode_params(params: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
-    """Stripe's bracketed form encoding: nested mappings as a[b], sequences as a[0], a[1];
-    booleans as true/false; None is left out."""
-    pairs: list[tuple[str, str]] = []
-    for key, value in params.items():
-        name = f"{prefix}[{key}]" if prefix else str(key)
-        if value is None:
-            continue
-        if isinstance(value, Mapping):
-            pairs.extend(encode_params(value, name))
-        elif isinstance(value, (list, tuple)):
-            for i, item in enumerate(value):
-                if isinstance(item, Mapping):
-                    pairs.extend(encode_params(item, f"{name}[{i}]"))
-                else:
-                    pairs.append((f"{name}[{i}]", _scalar(item)))
-        else:
-            pairs.append((name, _scalar(value)))
-    return pairs
-
-
-def _scalar(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    assert isinstance(value, (str, int)), type(value)
-    return str(value)
-
-
-def decode_params(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
-    """The inverse of encode_params for the shapes Stripe uses: a=1, a[b]=1, a[b][c]=1, a[]=1 and
-    a[0]=1 (lists). ValueError for a malformed or repeated name."""
-    out: dict[str, Any] = {}
-    for name, value in pairs:
-        head, _, rest = name.partition("[")
-        if not head or len(out) > MAJOR_KEYS_MAX:
-            raise ValueError(f"bad parameter name {name!r}")
-        path = [head] + (rest[:-1].split("][") if rest else [])
-        if rest and not rest.endswith("]"):
-            raise ValueError(f"bad parameter name {name!r}")
-        node: Any = out
-        for i, part in enumerate(path):
-            last = i == len(path) - 1
-            is_list = i + 1 < len(path) and (path[i + 1] == "" or path[i + 1].isdigit())
-            if isinstance(node, list):
-                if last:
-                    node.append(value)
-                    break
-                raise ValueError(f"unsupported nesting in {name!r}")
-            if last:
-                if part in node:
-                    raise ValueError(f"repeated parameter {name!r}")
-                node[part] = value
-            else:
-                node = node.setdefault(part, [] if is_list else {})
-                if not isinstance(node, (list, dict)) or isinstance(node, list) != is_list:
-                    raise ValueError(f"conflicting parameter {name!r}")
-    return out
-
-
-def form_body(params: Mapping[str, Any]) -> str:
-    return urllib.parse.urlencode(encode_params(params))
-
+# ---- requests -------------------------------------------------------------------------------
 
 def valid_api_version(text: str) -> bool:
     return bool(_VERSION_RE.match(text))
 
-
-# ---- requests -------------------------------------------------------------------------------
 
 def create_params(req: ChargeRequest) -> dict[str, Any]:
     """POST /v1/payment_intents: create and confirm off-session with a saved payment method."""

@@ -1,7 +1,7 @@
 """The UnionPay connector: HTTP I/O only. Requests are built and answers mapped in transformers.
 
 Every answer is verified (signPubKeyCert chained to the configured root, then the signature);
-transport failures are mapped by what they mean for the money:
+failures are mapped by what they mean for the money (transport errors in channels.transport):
   * the connection could not be established (refused, DNS, connect timeout)  -> NotSent
   * timeout, disconnect or reset after sending, an HTTP 5xx                  -> OutcomeUnknown
   * an answer that is unsigned, badly signed, unparseable or an odd status   -> ProtocolError
@@ -18,12 +18,11 @@ core.ids are safe across restarts.
 """
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Any, Awaitable, Callable, Mapping, TypeVar
+from typing import Awaitable, Mapping, TypeVar
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
@@ -31,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from channels.base import (Ack, Capabilities, ChannelResult, ChargeRequest, Notification,
                            NotSent, OutcomeUnknown, ProtocolError, RefundRequest, RefundResult,
                            RefundStatus, Statement)
+from channels.transport import Transport, guarded, read_bounded
 from channels.unionpay import signing, transformers as tf
 from channels.unionpay.ids import cancel_wire_id, embedded_time, to_wire_id
 from core.clock import Clock, SystemClock
@@ -38,7 +38,6 @@ from core.settings import Settings
 from core.states import Fact
 
 RESPONSE_BODY_MAX_BYTES = 64 * 1_048_576     # a bill answer carries the whole zip
-CONNECT_TIMEOUT_MS_MAX = 2000
 CONNECTIONS_MAX = 64
 TXN_TIMES_REMEMBERED_MAX = 200_000
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
@@ -122,16 +121,13 @@ class UnionPayConnector:
                  clock: Clock | None = None, txn_times: TxnTimes | None = None) -> None:
         self._config = config
         self._m = config.merchant
-        self._session = session
-        self._owns_session = False
+        self._http = Transport(session, config.call_timeout_ms, CONNECTIONS_MAX)
         self._clock: Clock = clock or SystemClock()
         self._times = txn_times or shared_txn_times(config.merchant.mer_id)
 
     async def close(self) -> None:
         """Close the HTTP session if this connector created it (never an injected one)."""
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     # ---- Connector ------------------------------------------------------------------------
 
@@ -228,21 +224,9 @@ class UnionPayConnector:
                                   "refund query")
         return tf.map_refund_query(answer, self._m, wire, refund_id)
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=CONNECTIONS_MAX)
-            self._session = aiohttp.ClientSession(connector=connector)
-            self._owns_session = True
-        return self._session
-
-    def _timeout(self) -> aiohttp.ClientTimeout:
-        total_ms = self._config.call_timeout_ms
-        return aiohttp.ClientTimeout(total=total_ms / 1000,
-                                     sock_connect=min(total_ms, CONNECT_TIMEOUT_MS_MAX) / 1000)
-
     async def _call(self, path: str, params: dict[str, str], what: str) -> dict[str, str]:
         signed = signing.sign_params(params, self._config.private_key, self._config.sign_cert_id)
-        body = await _guarded(what, lambda: self._post(path, signed))
+        body = await guarded(f"unionpay {what}", lambda: self._post(path, signed))
         try:
             text = body.decode(signing.CHARSET)
         except UnicodeDecodeError:
@@ -252,18 +236,14 @@ class UnionPayConnector:
 
     async def _post(self, path: str, form: dict[str, str]) -> bytes:
         headers = {"Content-Type": f"{FORM_CONTENT_TYPE};charset={signing.CHARSET}"}
-        async with self._http().post(self._config.base_url + path, data=form, headers=headers,
-                                     timeout=self._timeout()) as resp:
+        async with self._http.session().post(self._config.base_url + path, data=form,
+                                             headers=headers,
+                                             timeout=self._http.timeout()) as resp:
             if resp.status >= 500:
                 raise OutcomeUnknown(f"unionpay gateway answered HTTP {resp.status}")
             if resp.status != 200:
                 raise ProtocolError(f"unionpay gateway answered HTTP {resp.status}")
-            if (resp.content_length or 0) > RESPONSE_BODY_MAX_BYTES:
-                raise ProtocolError("unionpay answer too large")
-            body = await resp.content.read(RESPONSE_BODY_MAX_BYTES + 1)
-            if len(body) > RESPONSE_BODY_MAX_BYTES:
-                raise ProtocolError("unionpay answer too large")
-            return body
+            return await read_bounded(resp, RESPONSE_BODY_MAX_BYTES, "unionpay answer")
 
 
 async def _after_accept(call: Awaitable[T]) -> T:
@@ -274,16 +254,3 @@ async def _after_accept(call: Awaitable[T]) -> T:
     except NotSent as e:
         raise OutcomeUnknown(f"accepted, then the confirming query was not sent: {e}") from None
 
-
-async def _guarded(what: str, send: Callable[[], Any]) -> bytes:
-    """Run one HTTP exchange and turn transport errors into what they mean for the money."""
-    try:
-        body: bytes = await send()
-        return body
-    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError,
-            aiohttp.InvalidURL) as e:
-        raise NotSent(f"unionpay {what}: could not connect ({type(e).__name__})") from None
-    except (asyncio.TimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
-            aiohttp.ClientPayloadError, aiohttp.ClientResponseError,
-            aiohttp.ClientConnectionError) as e:
-        raise OutcomeUnknown(f"unionpay {what}: sent, no answer ({type(e).__name__})") from None

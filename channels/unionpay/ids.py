@@ -7,7 +7,8 @@ file (ZM) holds 32 of them. paycell's order ids contain `_` (``P_local_s0_3_<tok
 * any other id of ``[a-z0-9_]`` is packed: read as a base-37 number (with a leading 1 so leading
   symbols survive) and written in base 62, prefixed with "X" (a plain id is lowercase, so it never
   starts with an upper-case letter); a paycell order id ``P_<rest>`` packs its rest, prefixed with
-  "W". A default paycell id (35 characters) becomes 30. Ids that do not fit are refused with
+  "W", and a paycell refund id ``R_<rest>`` (core.ids.make_refund_id) the same after a "V".
+  A default paycell id (35 characters) becomes 30. Ids that do not fit are refused with
   ValueError before anything is sent.
 
 UnionPay identifies a trade by merId + orderId + txnTime ("三要素唯一确定一笔交易"), and a query
@@ -21,13 +22,14 @@ import hashlib
 import re
 from datetime import datetime, timedelta, timezone
 
-from core.ids import ORDER_ID_RE
+from core.ids import ORDER_ID_RE, REFUND_ID_RE
 
 BEIJING = timezone(timedelta(hours=8))
 TXN_TIME_FORMAT = "%Y%m%d%H%M%S"
 WIRE_ID_MIN, WIRE_ID_MAX = 8, 32
 PACKED_PREFIX = "X"
 PAYCELL_PREFIX, PAYCELL_MARK = "P_", "W"
+REFUND_PREFIX, REFUND_MARK = "R_", "V"
 CANCEL_PREFIX = "Y"
 
 _PLAIN_RE = re.compile(r"^[0-9a-z]{8,32}$")
@@ -46,8 +48,11 @@ def to_wire_id(paycell_id: str) -> str:
     mark, rest = PACKED_PREFIX, paycell_id
     if paycell_id.startswith(PAYCELL_PREFIX):
         mark, rest = PAYCELL_MARK, paycell_id[len(PAYCELL_PREFIX):]
+    elif paycell_id.startswith(REFUND_PREFIX):
+        mark, rest = REFUND_MARK, paycell_id[len(REFUND_PREFIX):]
     if not _PACKABLE_RE.match(rest):
-        raise ValueError("unionpay: ids must be [a-z0-9_] (or P_ and those) to be an orderId")
+        raise ValueError("unionpay: ids must be [a-z0-9_] (or P_ / R_ and those) to be an "
+                         "orderId")
     n = 1
     for ch in rest:
         n = n * len(_ID_ALPHABET) + _ID_ALPHABET.index(ch)
@@ -65,7 +70,7 @@ def from_wire_id(wire: str) -> str:
     """The paycell id behind an orderId; ValueError for an orderId paycell did not make."""
     if not _WIRE_RE.match(wire):
         raise ValueError("not a UnionPay orderId")
-    if not wire.startswith((PACKED_PREFIX, PAYCELL_MARK)):
+    if not wire.startswith((PACKED_PREFIX, PAYCELL_MARK, REFUND_MARK)):
         return wire
     n = 0
     for ch in wire[1:]:
@@ -77,7 +82,8 @@ def from_wire_id(wire: str) -> str:
     if n != 1:
         raise ValueError("not a packed paycell id")
     rest = "".join(reversed(out))
-    return PAYCELL_PREFIX + rest if wire.startswith(PAYCELL_MARK) else rest
+    prefixes = {PAYCELL_MARK: PAYCELL_PREFIX, REFUND_MARK: REFUND_PREFIX}
+    return prefixes.get(wire[0], "") + rest
 
 
 def cancel_wire_id(payment_wire_id: str) -> str:
@@ -87,8 +93,9 @@ def cancel_wire_id(payment_wire_id: str) -> str:
 
 
 def embedded_time(paycell_id: str) -> datetime | None:
-    """The creation instant a paycell id carries (core.ids.make_order_id), or None."""
-    m = ORDER_ID_RE.match(paycell_id)
+    """The creation instant a paycell order or refund id carries (core.ids.make_order_id,
+    make_refund_id), or None."""
+    m = ORDER_ID_RE.match(paycell_id) or REFUND_ID_RE.match(paycell_id)
     if m is None or len(m.group(4)) not in _PAYCELL_TOKEN_LENS:
         return None
     ms = int(m.group(4)[:_PAYCELL_TIME_DIGITS], 36)

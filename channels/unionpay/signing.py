@@ -21,8 +21,6 @@ Nothing here logs; keys and signatures never appear in exception messages.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -32,10 +30,11 @@ from typing import Mapping
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from channels import crypto
 from channels.base import ProtocolError
 
 CHARSET = "utf-8"
@@ -44,18 +43,13 @@ SIGNATURE = "signature"
 SIGN_PUB_KEY_CERT = "signPubKeyCert"
 UNIONPAY_CNNAME = "中国银联股份有限公司"
 TEST_CNNAME = "00040000:SIGN"
-SIGNATURE_B64_MAX_CHARS = 1024
 CERT_PEM_MAX_CHARS = 8192
 VERIFIED_CERTS_MAX = 16          # UnionPay rotates its signing cert rarely
 
 
 # ---- keys and certificates ------------------------------------------------------------------
 
-def load_private_key(path: str | Path) -> rsa.RSAPrivateKey:
-    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise ValueError(f"{path}: not an RSA private key")
-    return key
+load_private_key = crypto.load_private_key      # PEM files, as every RSA channel's
 
 
 def load_cert(path: str | Path) -> x509.Certificate:
@@ -83,26 +77,15 @@ def _digest_hex(content: str) -> bytes:
 
 
 def sign(private_key: rsa.RSAPrivateKey, params: Mapping[str, str]) -> str:
-    signature = private_key.sign(_digest_hex(sign_content(params)), padding.PKCS1v15(),
-                                 hashes.SHA256())
-    return base64.b64encode(signature).decode("ascii")
+    return crypto.sign(private_key, _digest_hex(sign_content(params)))
 
 
 def verify(public_key: rsa.RSAPublicKey, params: Mapping[str, str]) -> bool:
     """True only for a valid 5.1.0 signature; never raises on malformed input."""
-    signature_b64 = params.get(SIGNATURE, "")
-    if not signature_b64 or len(signature_b64) > SIGNATURE_B64_MAX_CHARS:
+    signature = crypto.decode_signature(params.get(SIGNATURE, ""))
+    if signature is None:
         return False
-    try:
-        signature = base64.b64decode(signature_b64, validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    try:
-        public_key.verify(signature, _digest_hex(sign_content(params)), padding.PKCS1v15(),
-                          hashes.SHA256())
-    except InvalidSignature:
-        return False
-    return True
+    return crypto.verify_raw(public_key, _digest_hex(sign_content(params)), signature)
 
 
 def sign_params(params: Mapping[str, str], private_key: rsa.RSAPrivateKey,

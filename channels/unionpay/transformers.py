@@ -18,13 +18,13 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import urllib.parse
 import zipfile
 import zlib
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Mapping
 
+from channels import callbacks
 from channels.base import (ChannelResult, ChargeRequest, Notification, NotificationKind,
                            OutcomeUnknown, ProtocolError, RefundRequest, RefundResult,
                            RefundStatus, Statement, StatementKind, StatementLine)
@@ -322,17 +322,7 @@ def map_reversal(answer: Mapping[str, str], m: Merchant, wire_id: str) -> Channe
 
 def parse_form(body: bytes) -> dict[str, str]:
     """A urlencoded utf-8 body as a dict; ProtocolError on repeats or bad bytes."""
-    if len(body) > NOTIFY_BODY_MAX_BYTES:
-        raise ProtocolError("unionpay notification body too large")
-    try:
-        pairs = urllib.parse.parse_qsl(body.decode(signing.CHARSET), keep_blank_values=True,
-                                       strict_parsing=True, errors="strict")
-    except (UnicodeDecodeError, ValueError):
-        raise ProtocolError("unionpay notification is not a utf-8 form") from None
-    form = dict(pairs)
-    if len(form) != len(pairs):
-        raise ProtocolError("unionpay notification repeats a field")
-    return form
+    return callbacks.parse_form(body, NOTIFY_BODY_MAX_BYTES, "unionpay")
 
 
 def _paycell_id(wire: str) -> str:

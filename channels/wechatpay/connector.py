@@ -6,14 +6,13 @@ path, query and body bytes sent. Every answer below HTTP 500 must carry a valid 
 signature (Wechatpay-* headers, serial = the configured platform serial, within 5 minutes), except
 the bill file itself, which WeChat sends unsigned and which is checked by its SHA1 instead.
 
-Transport failures are mapped by what they mean for the money:
+Failures are mapped by what they mean for the money (transport errors in channels.transport):
   * the connection could not be established (refused, DNS, connect timeout)  -> NotSent
   * timeout, disconnect or reset after sending, an HTTP 5xx                  -> OutcomeUnknown
   * an answer that is unsigned, badly signed or unparseable                  -> ProtocolError
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import gzip
 import secrets
@@ -27,15 +26,15 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey, RSAPubl
 from yarl import URL
 
 from channels.base import (Ack, Capabilities, ChannelResult, ChargeRequest, Notification,
-                           NotSent, OutcomeUnknown, ProtocolError, RefundRequest, RefundResult,
+                           OutcomeUnknown, ProtocolError, RefundRequest, RefundResult,
                            Statement)
-from channels.wechatpay import signing, transformers as tf
+from channels.transport import Transport, guarded, read_bounded
+from channels.wechatpay import bill, signing, transformers as tf
 from core.clock import Clock, SystemClock
 from core.settings import Settings
 from core.states import Fact
 
 RESPONSE_BODY_MAX_BYTES = 1_048_576
-CONNECT_TIMEOUT_MS_MAX = 2000
 NONCE_BYTES = 16
 ACK_ACCEPTED = Ack(204, "application/json", b"")
 ACK_REFUSED = Ack(400, "application/json", b'{"code":"FAIL","message":"invalid callback"}')
@@ -92,16 +91,13 @@ class WechatPayConnector:
                  clock: Clock | None = None,
                  nonce: Callable[[], str] | None = None) -> None:
         self._config = config
-        self._session = session
-        self._owns_session = False
+        self._http = Transport(session, config.call_timeout_ms, config.connections_max)
         self._clock: Clock = clock or SystemClock()
         self._nonce = nonce or (lambda: secrets.token_hex(NONCE_BYTES).upper())
 
     async def close(self) -> None:
         """Close the HTTP session if this connector created it (never an injected one)."""
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._http.close()
 
     # ---- Connector ------------------------------------------------------------------------
 
@@ -173,30 +169,18 @@ class WechatPayConnector:
         return ACK_ACCEPTED if accepted else ACK_REFUSED
 
     async def statement(self, day: date) -> Statement:
-        ticket = tf.map_tradebill(await self._call("GET", tf.tradebill_path(day)))
+        ticket = bill.map_tradebill(await self._call("GET", tf.tradebill_path(day)))
         if ticket is None:
             return Statement(tf.CHANNEL, day, ())
         raw = await self._download(ticket.download_url)
-        tf.check_bill_hash(ticket, raw)
+        bill.check_bill_hash(ticket, raw)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise ProtocolError("wechatpay bill is not utf-8") from None
-        return tf.parse_tradebill(text, day)
+        return bill.parse_tradebill(text, day)
 
     # ---- HTTP -----------------------------------------------------------------------------
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._config.connections_max)
-            self._session = aiohttp.ClientSession(connector=connector)
-            self._owns_session = True
-        return self._session
-
-    def _timeout(self) -> aiohttp.ClientTimeout:
-        total_ms = self._config.call_timeout_ms
-        return aiohttp.ClientTimeout(total=total_ms / 1000,
-                                     sock_connect=min(total_ms, CONNECT_TIMEOUT_MS_MAX) / 1000)
 
     def _headers(self, method: str, path: str, body: bytes) -> dict[str, str]:
         c = self._config
@@ -211,7 +195,7 @@ class WechatPayConnector:
     async def _call(self, method: str, path: str,
                     body: Mapping[str, Any] | None = None) -> tf.Answer:
         data = tf.body_bytes(body) if body is not None else b""
-        status, headers, raw = await _guarded(
+        status, headers, raw = await guarded(
             f"{method} {path.split('?')[0]}",
             lambda: self._send(method, self._config.base_url + path, path, data))
         if status >= 500:
@@ -226,9 +210,9 @@ class WechatPayConnector:
         base = self._config.base_url
         path = url[len(base):] if url.startswith(base) else (
             URL(url).raw_path_qs if url.startswith(("http://", "https://")) else url)
-        status, _, raw = await _guarded("GET billdownload",
-                                        lambda: self._send("GET", url, path, b"",
-                                                           tf.BILL_BYTES_MAX))
+        status, _, raw = await guarded("GET billdownload",
+                                       lambda: self._send("GET", url, path, b"",
+                                                          bill.BILL_BYTES_MAX))
         if status >= 500:
             raise OutcomeUnknown(f"wechatpay bill download answered HTTP {status}")
         if status != 200:
@@ -242,26 +226,10 @@ class WechatPayConnector:
 
     async def _send(self, method: str, url: str, path: str, body: bytes,
                     limit: int = RESPONSE_BODY_MAX_BYTES) -> tuple[int, dict[str, str], bytes]:
-        async with self._http().request(method, URL(url, encoded=True), data=body or None,
-                                        headers=self._headers(method, path, body),
-                                        timeout=self._timeout()) as resp:
-            if (resp.content_length or 0) > limit:
-                raise ProtocolError("wechatpay answer too large")
-            raw = await resp.content.read(limit + 1)
-            if len(raw) > limit:
-                raise ProtocolError("wechatpay answer too large")
+        async with self._http.session().request(method, URL(url, encoded=True),
+                                                data=body or None,
+                                                headers=self._headers(method, path, body),
+                                                timeout=self._http.timeout()) as resp:
+            raw = await read_bounded(resp, limit, "wechatpay answer")
             return resp.status, dict(resp.headers), raw
 
-
-async def _guarded(what: str, send: Callable[[], Any]) -> tuple[int, dict[str, str], bytes]:
-    """Run one HTTP exchange and turn transport errors into what they mean for the money."""
-    try:
-        answer: tuple[int, dict[str, str], bytes] = await send()
-        return answer
-    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError,
-            aiohttp.InvalidURL) as e:
-        raise NotSent(f"{what}: could not connect ({type(e).__name__})") from None
-    except (asyncio.TimeoutError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
-            aiohttp.ClientPayloadError, aiohttp.ClientResponseError,
-            aiohttp.ClientConnectionError) as e:
-        raise OutcomeUnknown(f"{what}: sent, no answer ({type(e).__name__})") from None

@@ -24,20 +24,18 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from pathlib import Path
 from typing import Mapping
 
-from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from channels import crypto
 from channels.base import ProtocolError
 
 SCHEMA = "WECHATPAY2-SHA256-RSA2048"
 AEAD_ALGORITHM = "AEAD_AES_256_GCM"
 CLOCK_SKEW_S_MAX = 300                 # wechatpay-go FiveMinute
-SIGNATURE_B64_MAX_CHARS = 1024
 APIV3_KEY_BYTES = 32
 AEAD_NONCE_CHARS = 12
 CIPHERTEXT_B64_MAX_CHARS = 65_536
@@ -55,18 +53,8 @@ _AUTH_PARAM = re.compile(r'\s*([a-z_]+)="([^"]*)"\s*')
 
 # ---- keys -----------------------------------------------------------------------------------
 
-def load_private_key(path: str | Path) -> rsa.RSAPrivateKey:
-    key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise ValueError(f"{path}: not an RSA private key")
-    return key
-
-
-def load_public_key(path: str | Path) -> rsa.RSAPublicKey:
-    key = serialization.load_pem_public_key(Path(path).read_bytes())
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise ValueError(f"{path}: not an RSA public key")
-    return key
+load_private_key = crypto.load_private_key      # PEM files, as every RSA channel's
+load_public_key = crypto.load_public_key
 
 
 # ---- messages -------------------------------------------------------------------------------
@@ -87,23 +75,12 @@ def response_message(timestamp: int | str, nonce: str, body: bytes | str = b"") 
 # ---- SHA256withRSA --------------------------------------------------------------------------
 
 def sign(private_key: rsa.RSAPrivateKey, message: bytes) -> str:
-    signature = private_key.sign(message, padding.PKCS1v15(), hashes.SHA256())
-    return base64.b64encode(signature).decode("ascii")
+    return crypto.sign(private_key, message)
 
 
 def verify(public_key: rsa.RSAPublicKey, message: bytes, signature_b64: str) -> bool:
     """True only for a valid signature; never raises on malformed input."""
-    if not signature_b64 or len(signature_b64) > SIGNATURE_B64_MAX_CHARS:
-        return False
-    try:
-        signature = base64.b64decode(signature_b64, validate=True)
-    except (binascii.Error, ValueError):
-        return False
-    try:
-        public_key.verify(signature, message, padding.PKCS1v15(), hashes.SHA256())
-    except InvalidSignature:
-        return False
-    return True
+    return crypto.verify(public_key, message, signature_b64)
 
 
 # ---- the Authorization header ----------------------------------------------------------------

@@ -16,7 +16,7 @@ from channels.sandbox.app import create_sandbox_app, sandbox_of
 from channels.sandbox.engine import SandboxConfig
 from channels.sandbox.knobs import Knobs
 from channels.sandbox.stripe import SECRET_KEY
-from channels.stripe import transformers as tf
+from channels.stripe import forms, transformers as tf
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +41,7 @@ def _create(order_id: str, amount: int, **over: Any) -> str:
                               "off_session": True, "payment_method": "pm_card_visa",
                               "metadata": {tf.ORDER_KEY: order_id}}
     params.update(over)
-    return tf.form_body({k: v for k, v in params.items() if v is not None})
+    return forms.form_body({k: v for k, v in params.items() if v is not None})
 
 
 async def _post(base: Any, path: str, body: str, key: str = "",
@@ -89,7 +89,7 @@ async def test_validation_errors_are_not_saved_under_the_key(base: Any) -> None:
                                       key=order)
     assert (status, conflict["error"]["type"]) == (400, "idempotency_error")
     status, other_endpoint, _ = await _post(base, "/v1/refunds",
-                                            tf.form_body({"payment_intent": body["id"]}),
+                                            forms.form_body({"payment_intent": body["id"]}),
                                             key=order)
     assert (status, other_endpoint["error"]["type"]) == (400, "idempotency_error")
     assert base[2].ledger.get(order).charges == 1
@@ -120,10 +120,10 @@ async def test_a_key_still_running_answers_409_and_a_saved_500_is_replayed(base:
 async def test_the_fence_holds_the_key_against_a_late_charge(base: Any) -> None:
     order = f"sb{uuid.uuid4().hex[:12]}"
     status, fence, _ = await _post(base, "/v1/payment_intents",
-                                   tf.form_body(tf.fence_params(order)), key=order)
+                                   forms.form_body(tf.fence_params(order)), key=order)
     assert (status, fence["status"]) == (200, "requires_payment_method")
     status, canceled, _ = await _post(base, f"/v1/payment_intents/{fence['id']}/cancel",
-                                      tf.form_body(tf.cancel_params()), key="c1")
+                                      forms.form_body(tf.cancel_params()), key="c1")
     assert (status, canceled["status"]) == (200, "canceled")
     status, late, _ = await _post(base, "/v1/payment_intents", _create(order, 1200), key=order)
     assert (status, late["error"]["type"]) == (400, "idempotency_error")

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from alipay.aop.api.util import SignatureUtils as sdk
+from cryptography.hazmat.primitives import serialization
 from hypothesis import given, settings, strategies as st
 
 from channels.alipay import signing
@@ -67,8 +68,8 @@ def test_request_content_matches_the_sdk(params: dict[str, str]) -> None:
 def test_signature_is_identical_to_the_sdk_rsa2() -> None:
     content = "app_id=1&biz_content={\"subject\":\"测试\"}&method=alipay.trade.pay"
     pkcs1 = APP_KEY.private_bytes(
-        signing.serialization.Encoding.PEM, signing.serialization.PrivateFormat.TraditionalOpenSSL,
-        signing.serialization.NoEncryption()).decode()
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption()).decode()
     ours = signing.sign_rsa2(APP_KEY, content)
     assert ours == sdk.sign_with_rsa2(pkcs1, content, "utf-8")   # PKCS#1 v1.5 is deterministic
     assert sdk.verify_with_rsa(_pem_body("alipay_app_public.pem"), content.encode(), ours)

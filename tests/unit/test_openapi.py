@@ -23,6 +23,8 @@ SERVER = "http://127.0.0.1:8080"
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 EXPECTED_ROUTES = {("post", "/v1/orders"), ("get", "/v1/orders"),
                    ("get", "/v1/orders/{order_id}"), ("post", "/v1/notify/{channel}"),
+                   ("post", "/v1/orders/{order_id}/refunds"),
+                   ("get", "/v1/orders/{order_id}/refunds"),
                    ("get", "/healthz"), ("get", "/readyz"), ("get", "/v1/openapi.json")}
 PUBLIC_ROUTES = {("post", "/v1/notify/{channel}"), ("get", "/healthz"), ("get", "/readyz"),
                  ("get", "/v1/openapi.json")}
@@ -139,7 +141,8 @@ def test_documented_statuses(doc: dict[str, Any]) -> None:
     assert "application/problem+json" in problem["content"]
 
 
-@pytest.mark.parametrize("name", ["CreateOrderRequest", "Order", "Problem", "Payment", "Device"])
+@pytest.mark.parametrize("name", ["CreateOrderRequest", "Order", "Problem", "Payment", "Device",
+                                  "CreateRefundRequest", "Refund", "RefundList"])
 def test_component_schemas_are_valid_json_schema(doc: dict[str, Any], name: str) -> None:
     Draft4Validator.check_schema(json_schema(doc, name))
 
@@ -198,3 +201,52 @@ EXPRESSIBLE = [c for c in BAD_FIELDS if c[0] not in NOT_EXPRESSIBLE]
 def test_schema_refuses_what_the_validator_refuses(doc: dict[str, Any], case: str,
                                                    body: dict[str, Any], field: str) -> None:
     assert not validator(doc, "CreateOrderRequest").is_valid(body), case
+
+
+# ---- refunds -----------------------------------------------------------------------------------
+
+def test_real_refunds_and_their_list_match_the_schemas(doc: dict[str, Any]) -> None:
+    from core.refund import CreateRefund, Refund, RefundStatus
+    paid, _ = make_order().learn(Fact.PAID, Rung.SYNC, 1_764_000_001.0, channel_trade_no="T")
+    cmd = CreateRefund("demo-app", paid.order_id, "rf-1", 200, "late")
+    pending = Refund.new("R_local_s0_1_0mhzs5c0000000000000002", cmd, paid, 1_764_000_002.0)
+    done, _ = pending.learn(RefundStatus.SUCCEEDED, Rung.QUERY, 1_764_000_003.0,
+                            channel_refund_no="CR1")
+    failed, _ = pending.learn(RefundStatus.FAILED, Rung.SYNC, 1_764_000_003.0,
+                              failure_code="AMT", failure_message="too much")
+    v = validator(doc, "Refund")
+    for r in (pending, done, failed):
+        assert list(v.iter_errors(r.to_api())) == [], r
+    assert not v.is_valid({**done.to_api(), "status": "DONE"})
+    assert not v.is_valid({k: x for k, x in done.to_api().items() if k != "out_refund_no"})
+    listing = {"order_id": paid.order_id, "amount": 600, "currency": "CNY",
+               "refunded_amount": 200, "refunds": [done.to_api(), failed.to_api()]}
+    assert list(validator(doc, "RefundList").iter_errors(listing)) == []
+    assert not validator(doc, "RefundList").is_valid({**listing, "refunds": [{"x": 1}]})
+
+
+def test_refund_statuses_and_problem_codes_are_documented(doc: dict[str, Any]) -> None:
+    from core.errors import HTTP_STATUS
+    create = doc["paths"]["/v1/orders/{order_id}/refunds"]["post"]["responses"]
+    assert {"200", "202", "400", "401", "404", "409", "413", "415", "422", "429", "503"} == \
+        set(create)
+    for code in ("order_not_refundable", "idempotency_conflict", "refund_exceeds_paid",
+                 "refund_window_closed", "too_many_refunds"):
+        status = str(HTTP_STATUS[code])
+        assert f"`{code}`" in deref(doc, create[status])["description"], code
+    listing = doc["paths"]["/v1/orders/{order_id}/refunds"]["get"]["responses"]
+    assert deref(doc, listing["200"])["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/RefundList"}
+
+
+def test_refund_request_schema_refuses_what_the_validator_refuses(doc: dict[str, Any]) -> None:
+    try:
+        from tests.unit.test_validation import BAD_REFUNDS, GOOD_REFUND
+    except ImportError:
+        from test_validation import BAD_REFUNDS, GOOD_REFUND  # type: ignore[no-redef]
+    v = validator(doc, "CreateRefundRequest")
+    assert list(v.iter_errors(GOOD_REFUND)) == []
+    for case, body, _ in BAD_REFUNDS:
+        if case == "reason control":   # a code-only rule (see NOT_EXPRESSIBLE)
+            continue
+        assert not v.is_valid(body), case

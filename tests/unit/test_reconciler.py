@@ -58,6 +58,19 @@ class MemStore:
         self.commits += 1
         self.records[order.order_id] = order
 
+    # ---- refunds (none here) ----
+    async def get_refund(self, refund_id: str) -> None:
+        return None
+
+    async def find_refund(self, order_id: str, out_refund_no: str) -> None:
+        return None
+
+    async def refunds_of(self, order_id: str) -> list[Any]:
+        return []
+
+    async def open_refund_ids(self) -> list[str]:
+        return []
+
 
 class ShardChannels:
     """The shard's own channel port: cancels reach the scripted channel; the shard's query
@@ -602,7 +615,7 @@ async def test_the_shard_holds_the_order_across_its_close() -> None:
         return res
     w.channel.cancel = slow_cancel  # type: ignore[method-assign]
     closing = asyncio.create_task(shard.reconcile_close([o.order_id]))
-    await cancelled.wait()
+    await asyncio.wait_for(cancelled.wait(), 5)
     note = asyncio.create_task(shard.notify(Notification(
         o.order_id, Fact.CLOSED, "", None, "", "n1", "TRADE_CLOSED")))
     await asyncio.sleep(0.05)

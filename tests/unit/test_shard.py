@@ -3,19 +3,22 @@ import asyncio
 import dataclasses
 
 from actors.shard import OrderShard
-from actors.store import KeyTaken
-from channels.base import ChannelResult, NotSent, Notification, OutcomeUnknown
+from actors.store import KeyTaken, RefundRefused
+from channels.base import (Capabilities, ChannelResult, NotSent, Notification, OutcomeUnknown,
+                           RefundResult, RefundStatus)
 from channels.routing import ChannelsBusy, NoChannel as NoChannelFits
 from core.errors import Unavailable
 from core.order import CreateOrder, Order
 from core.settings import load_settings
-from core.states import Fact
+from core.states import Fact, OrderStatus
 
 
 class MemStore:
     def __init__(self):
         self.records: dict[str, Order] = {}
         self.idem: dict[tuple[str, str], str] = {}
+        self.refunds = {}                  # refund id -> Refund
+        self.refund_index = {}             # order id -> {out_refund_no: refund id}
         self.down = False
         self.commits = 0
 
@@ -48,6 +51,44 @@ class MemStore:
             self.idem[(order.app_id, order.out_trade_no)] = order.order_id
 
 
+    # ---- refunds: the checks of actors/store.py's commit script, in memory ----
+    async def get_refund(self, refund_id):
+        return self.refunds.get(refund_id)
+
+    async def find_refund(self, order_id, out_refund_no):
+        rid = self.refund_index.get(order_id, {}).get(out_refund_no)
+        return self.refunds.get(rid) if rid else None
+
+    async def refunds_of(self, order_id):
+        found = [self.refunds[r] for r in self.refund_index.get(order_id, {}).values()]
+        return sorted(found, key=lambda r: (r.created_at, r.refund_id))
+
+    async def open_refund_ids(self):
+        return [r.refund_id for r in self.refunds.values() if not r.status.is_final]
+
+    async def commit_refund(self, order, refund, *, base, new=False):
+        await asyncio.sleep(0)
+        if self.down:
+            raise Unavailable("store down")
+        if new:
+            holder = self.refund_index.get(order.order_id, {}).get(refund.out_refund_no)
+            if holder is not None and holder != refund.refund_id:
+                raise RefundRefused("taken")
+        elif self.refunds[refund.refund_id].status.is_final:
+            raise RefundRefused("stale")
+        stored = self.records.get(order.order_id)
+        if stored is None or (new and stored.status is not OrderStatus.SUCCEEDED):
+            raise RefundRefused("state")
+        if (stored.refund_reserved, stored.refunded_amount) != (base.reserved, base.refunded):
+            raise RefundRefused("stale")
+        if order.refund_reserved > stored.amount:
+            raise RefundRefused("exceeds")
+        self.commits += 1
+        self.records[order.order_id] = order
+        self.refunds[refund.refund_id] = refund
+        self.refund_index.setdefault(order.order_id, {})[refund.out_refund_no] = refund.refund_id
+
+
 class ScriptedChannel:
     """Scripted charge/query/cancel answers; counts every call."""
 
@@ -61,6 +102,17 @@ class ScriptedChannel:
         self.charge_delay_s = charge_delay_s
         self.query_fact = Fact.PAID
         self.charge_behaviour = "paid"
+        # refunds: a tiny channel ledger, one refund per merchant refund number
+        self.refund_behaviour = "succeeded"  # succeeded|pending|failed|lost|error|not_sent|
+        #                                      accepted_unseen
+        self.refund_script: list[str] = []   # behaviours for the next calls, then the above
+        self.refund_delay_s = 0.0
+        self.refund_calls: list[str] = []    # refund id of every refund call
+        self.refund_queries: list[str] = []
+        self.channel_refunds: dict[str, int] = {}   # refund id -> amount, as the channel holds
+        self.refund_query_status = RefundStatus.SUCCEEDED  # of a refund the channel holds
+        self.refund_window_days = 365
+        self.partial_refunds_max = 50
 
     def route(self, payment, exclude=()):
         if self.routes == "none":
@@ -106,6 +158,37 @@ class ScriptedChannel:
     async def cancel(self, channel, order_id):
         self.cancels.append(order_id)
         return ChannelResult(Fact.CLOSED, action="close")
+
+    def capabilities(self, channel):
+        return Capabilities(frozenset({"CNY", "USD"}), frozenset({"barcode", "card"}),
+                            refund_window_days=self.refund_window_days,
+                            partial_refunds_max=self.partial_refunds_max)
+
+    async def refund(self, channel, req):
+        self.refund_calls.append(req.refund_id)
+        b = self.refund_script.pop(0) if self.refund_script else self.refund_behaviour
+        await asyncio.sleep(self.refund_delay_s)
+        if b == "not_sent":
+            raise NotSent("connect refused")
+        if b == "error":                     # the channel's system error: nothing recorded
+            raise OutcomeUnknown("system error")
+        if b == "failed":
+            return RefundResult(RefundStatus.FAILED, req.refund_id, failure_code="REFUND_AMT_ERR",
+                                failure_message="refund amount too large")
+        if b == "accepted_unseen":           # accepted, but its query shows nothing yet (Alipay)
+            return RefundResult(RefundStatus.PENDING, req.refund_id)
+        self.channel_refunds.setdefault(req.refund_id, req.amount)
+        if b == "lost":                      # recorded, then the answer is lost
+            raise OutcomeUnknown("timeout")
+        status = RefundStatus.PENDING if b == "pending" else RefundStatus.SUCCEEDED
+        return RefundResult(status, req.refund_id, "CR-" + req.refund_id[-6:], req.amount)
+
+    async def refund_query(self, channel, order_id, refund_id, currency):
+        self.refund_queries.append(refund_id)
+        if refund_id not in self.channel_refunds:
+            return RefundResult(RefundStatus.PENDING, refund_id, exists=False)
+        return RefundResult(self.refund_query_status, refund_id, "CR-" + refund_id[-6:],
+                            self.channel_refunds[refund_id])
 
 
 def settings(**orders):

@@ -11,7 +11,7 @@ from hypothesis import given, strategies as st
 
 from channels.base import (ChargeRequest, NotificationKind, NotSent, OutcomeUnknown,
                            ProtocolError, RefundRequest, RefundStatus, StatementKind)
-from channels.stripe import signing, transformers as tf
+from channels.stripe import forms, signing, transformers as tf
 from channels.stripe.connector import StripeConfig, StripeConnector
 from core.clock import FakeClock
 from core.states import Fact
@@ -45,7 +45,7 @@ def refund(status: str = "succeeded", rid: str = "rf-1", **extra: Any) -> dict[s
 # ---- form encoding ----------------------------------------------------------------------------
 
 def test_create_params_on_the_wire() -> None:
-    pairs = tf.encode_params(tf.create_params(REQ))
+    pairs = forms.encode_params(tf.create_params(REQ))
     assert pairs == [
         ("amount", "1234"), ("currency", "usd"), ("payment_method", "pm_card_visa"),
         ("payment_method_types[0]", "card"), ("confirm", "true"), ("off_session", "true"),
@@ -64,14 +64,14 @@ def test_create_params_leave_out_an_empty_customer() -> None:
                                  st.lists(st.text(max_size=5), min_size=1, max_size=3)),
                        max_size=6))
 def test_decode_inverts_encode(params: dict[str, Any]) -> None:
-    wire = urllib.parse.parse_qsl(urllib.parse.urlencode(tf.encode_params(params)),
+    wire = urllib.parse.parse_qsl(urllib.parse.urlencode(forms.encode_params(params)),
                                   keep_blank_values=True)
     expected = {k: v for k, v in params.items() if v != {}}
-    assert tf.decode_params(wire) == expected
+    assert forms.decode_params(wire) == expected
 
 
 def test_decode_reads_brackets_and_empty_list_index() -> None:
-    assert tf.decode_params([("expand[]", "a"), ("expand[]", "b"), ("created[gte]", "1"),
+    assert forms.decode_params([("expand[]", "a"), ("expand[]", "b"), ("created[gte]", "1"),
                              ("metadata[k]", "v")]) == {
         "expand": ["a", "b"], "created": {"gte": "1"}, "metadata": {"k": "v"}}
 
@@ -82,7 +82,7 @@ def test_decode_reads_brackets_and_empty_list_index() -> None:
 ])
 def test_decode_refuses_malformed_names(pairs: list[tuple[str, str]]) -> None:
     with pytest.raises(ValueError):
-        tf.decode_params(pairs)
+        forms.decode_params(pairs)
 
 
 def test_other_request_builders() -> None:

@@ -195,7 +195,7 @@ def test_plain_ids_go_unchanged_and_paycell_ids_are_packed_into_32() -> None:
     assert packed.startswith("X") and ids.from_wire_id(packed) == "ab_cd"
 
 
-@given(st.sampled_from(["", "P_"]),
+@given(st.sampled_from(["", "P_", "R_"]),
        st.text("abcdefghijklmnopqrstuvwxyz0123456789_", min_size=1, max_size=34))
 def test_packing_is_reversible(prefix: str, rest: str) -> None:
     paycell_id = prefix + rest
@@ -220,6 +220,17 @@ def test_paycell_ids_carry_their_txn_time() -> None:
     assert ids.embedded_time(oid) == datetime(2025, 3, 1, 8, 0, 0, 123000, tzinfo=timezone.utc)
     assert ids.txn_time(ids.embedded_time(oid)) == "20250301160000"     # Beijing time
     assert ids.embedded_time("cf0123456789abcdef0123") is None
+
+
+def test_refund_ids_pack_apart_from_order_ids_and_carry_their_txn_time() -> None:
+    from core.ids import make_refund_id
+    ms = 1_740_816_000_123
+    rid = make_refund_id("local", "s0", 3, ms, rand=42)
+    oid = "P" + rid[1:]
+    rwire, owire = ids.to_wire_id(rid), ids.to_wire_id(oid)
+    assert rwire.startswith("V") and owire.startswith("W") and rwire[1:] == owire[1:]
+    assert ids.from_wire_id(rwire) == rid and ids.from_wire_id(owire) == oid
+    assert ids.embedded_time(rid) == ids.embedded_time(oid)
 
 
 def test_cancel_order_id_is_stable_and_distinct() -> None:

@@ -236,3 +236,49 @@ def test_check_out_trade_no() -> None:
         with pytest.raises(ValidationError) as err:
             check_out_trade_no(bad)
         assert err.value.errors[0]["field"] == "out_trade_no"
+
+
+# ---- refunds ---------------------------------------------------------------------------------
+
+ORDER_ID = "P_local_s0_1_0mhzs5c0000000000000001"
+GOOD_REFUND: dict[str, Any] = {"out_refund_no": "rf-1", "amount": 200, "reason": "not delivered"}
+BAD_REFUNDS = [
+    ("no key", {"amount": 1}, "out_refund_no"),
+    ("no amount", {"out_refund_no": "r"}, "amount"),
+    ("key too long", {**GOOD_REFUND, "out_refund_no": "r" * 65}, "out_refund_no"),
+    ("key bad char", {**GOOD_REFUND, "out_refund_no": "r 1"}, "out_refund_no"),
+    ("key not str", {**GOOD_REFUND, "out_refund_no": 7}, "out_refund_no"),
+    ("amount zero", {**GOOD_REFUND, "amount": 0}, "amount"),
+    ("amount float", {**GOOD_REFUND, "amount": 2.5}, "amount"),
+    ("amount bool", {**GOOD_REFUND, "amount": True}, "amount"),
+    ("amount string", {**GOOD_REFUND, "amount": "200"}, "amount"),
+    ("amount huge", {**GOOD_REFUND, "amount": AMOUNT_MINOR_MAX + 1}, "amount"),
+    ("reason long", {**GOOD_REFUND, "reason": "x" * 81}, "reason"),
+    ("reason control", {**GOOD_REFUND, "reason": "a\nb"}, "reason"),
+    ("reason not str", {**GOOD_REFUND, "reason": 5}, "reason"),
+    ("unknown field", {**GOOD_REFUND, "currency": "CNY"}, "currency"),
+]
+
+
+def test_good_refund_body_gives_create_refund() -> None:
+    from gateway.validation import parse_create_refund
+    cmd = parse_create_refund("demo-app", ORDER_ID, orjson.dumps(GOOD_REFUND))
+    assert (cmd.app_id, cmd.order_id, cmd.out_refund_no, cmd.amount, cmd.reason) == (
+        "demo-app", ORDER_ID, "rf-1", 200, "not delivered")
+    bare = parse_create_refund("demo-app", ORDER_ID, b'{"out_refund_no": "a", "amount": 1}')
+    assert bare.reason == ""
+
+
+@pytest.mark.parametrize("case, body, field", BAD_REFUNDS, ids=[c[0] for c in BAD_REFUNDS])
+def test_bad_refund_field_names_the_field(case: str, body: dict[str, Any], field: str) -> None:
+    from gateway.validation import parse_create_refund
+    with pytest.raises(ValidationError) as err:
+        parse_create_refund("demo-app", ORDER_ID, orjson.dumps(body))
+    assert [e["field"] for e in err.value.errors] == [field], case
+
+
+def test_bad_refund_bodies() -> None:
+    from gateway.validation import parse_create_refund
+    for raw in (b"[]", b"{", b'{"amount": 1, "amount": 2, "out_refund_no": "a"}'):
+        with pytest.raises(ValidationError):
+            parse_create_refund("demo-app", ORDER_ID, raw)

@@ -16,7 +16,7 @@ from channels.sandbox.engine import SandboxConfig
 from channels.sandbox.ledger import Refund, RefundState, StatementRow, Trade, TradeStatus
 from channels.sandbox.wechatpay import WechatPaySandbox
 from channels.sandbox.wechatpay_routes import render_bill
-from channels.wechatpay import signing, transformers as tf
+from channels.wechatpay import bill, signing, transformers as tf
 from channels.wechatpay.transformers import Answer, CancelStep
 from core.settings import KEYS_DIR
 from core.states import Fact
@@ -309,22 +309,24 @@ def test_callback_with_another_algorithm_or_key_is_refused() -> None:
 # ---- trade bill -------------------------------------------------------------------------------
 
 def test_tradebill_ticket() -> None:
-    ticket = tf.map_tradebill(Answer(200, {"hash_type": "SHA1", "hash_value": "79bb0f45",
+    ticket = bill.map_tradebill(Answer(200, {"hash_type": "SHA1", "hash_value": "79bb0f45",
                                            "download_url": "https://x/v3/billdownload/file"}))
     assert ticket is not None and ticket.hash_value == "79bb0f45"
-    assert tf.map_tradebill(Answer(400, {"code": "NO_STATEMENT_EXIST"})) is None
+    assert bill.map_tradebill(Answer(400, {"code": "NO_STATEMENT_EXIST"})) is None
     with pytest.raises(ProtocolError):
-        tf.map_tradebill(Answer(200, {"hash_type": "MD5", "hash_value": "1", "download_url": "u"}))
+        bill.map_tradebill(Answer(200, {"hash_type": "MD5", "hash_value": "1",
+                                        "download_url": "u"}))
     with pytest.raises(OutcomeUnknown):
-        tf.map_tradebill(Answer(400, {"code": "PARAM_ERROR"}))
-    tf.check_bill_hash(tf.BillTicket("SHA1", hashlib.sha1(b"bill").hexdigest().upper(), "u"),
+        bill.map_tradebill(Answer(400, {"code": "PARAM_ERROR"}))
+    bill.check_bill_hash(bill.BillTicket("SHA1", hashlib.sha1(b"bill").hexdigest().upper(), "u"),
                        b"bill")
     with pytest.raises(ProtocolError):
-        tf.check_bill_hash(tf.BillTicket("SHA1", hashlib.sha1(b"bill").hexdigest(), "u"), b"bil")
+        bill.check_bill_hash(bill.BillTicket("SHA1", hashlib.sha1(b"bill").hexdigest(), "u"),
+                             b"bil")
 
 
 DOC_BILL = "\n".join([
-    ",".join(tf.BILL_HEADER),
+    ",".join(bill.BILL_HEADER),
     "`2014-11-10 16:33:45,`wx2421b1c4370ec43b,`10000100,`0,`1000,`1001690740201411100005734289,"
     "`1415640626,`085e9858e3ba5186aafcbaed1,`MICROPAY,`SUCCESS,`OTHERS,`CNY,`0.01,`0.00,`0,`0,"
     "`0.00,`0.00,`,`,`被扫支付测试,`订单额外描述,`0.00000,`0.60%,`0.01,`0.00,`",
@@ -332,13 +334,13 @@ DOC_BILL = "\n".join([
     "`1415635270,`085e9858e90ca40c0b5aee463,`MICROPAY,`REFUND,`OTHERS,`CNY,`0.00,`0.00,"
     "`2003950740201411100000012345,`RF1415635270,`0.01,`0.00,`ORIGINAL,`SUCCESS,`被扫支付测试,"
     "`订单额外描述,`0.00000,`0.60%,`0.00,`0.01,`",
-    ",".join(tf.SUMMARY_HEADER),
+    ",".join(bill.SUMMARY_HEADER),
     "`2,`0.01,`0.01,`0.00,`0.00000,`0.01,`0.01",
 ]) + "\n"
 
 
 def test_parse_a_bill_in_the_documented_layout() -> None:
-    st_ = tf.parse_tradebill("\ufeff" + DOC_BILL, date(2014, 11, 10))
+    st_ = bill.parse_tradebill("\ufeff" + DOC_BILL, date(2014, 11, 10))
     pay, ref = st_.lines
     assert (pay.kind, pay.order_id, pay.channel_trade_no, pay.amount, pay.fee, pay.raw_status) == (
         StatementKind.PAYMENT, "1415640626", "1001690740201411100005734289", 1, 0, "SUCCESS")
@@ -359,7 +361,7 @@ def test_parse_a_bill_in_the_documented_layout() -> None:
 ])
 def test_malformed_bills_are_protocol_errors(mutate: Any) -> None:
     with pytest.raises(ProtocolError):
-        tf.parse_tradebill(mutate(DOC_BILL), date(2014, 11, 10))
+        bill.parse_tradebill(mutate(DOC_BILL), date(2014, 11, 10))
 
 
 SANDBOX = WechatPaySandbox(SandboxConfig())
@@ -380,7 +382,7 @@ def test_sandbox_bills_parse_back_to_the_same_money(amounts: list[int], refund_p
         for j, part in enumerate(refund_parts):
             refund = Refund(f"r{i}-{j}", f"503{i}{j}", part, RefundState.SUCCESS, AT, AT)
             rows.append(StatementRow("refund", trade, refund, AT))
-    parsed = tf.parse_tradebill(render_bill(SANDBOX, rows).decode(), AT.date())
+    parsed = bill.parse_tradebill(render_bill(SANDBOX, rows).decode(), AT.date())
     assert [(x.kind.value, x.order_id, x.amount) for x in parsed.lines] == [
         (r.kind, r.trade.out_trade_no, r.refund.amount if r.refund else r.trade.total_amount)
         for r in rows]
@@ -393,10 +395,10 @@ def test_sandbox_bills_parse_back_to_the_same_money(amounts: list[int], refund_p
 @pytest.mark.parametrize("text,fen", [("0.00000", 0), ("0.00600", 1), ("0.00499", 0),
                                       ("1.23", 123), ("-0.00500", -1), ("12", 1200)])
 def test_bill_fees_round_to_fen(text: str, fen: int) -> None:
-    assert tf.fee_to_fen(text) == fen
+    assert bill.fee_to_fen(text) == fen
 
 
 @pytest.mark.parametrize("text", ["", "1.234567", "a.00", "1.2e3", "１.00", "--1"])
 def test_malformed_bill_amounts(text: str) -> None:
     with pytest.raises(ProtocolError):
-        tf.yuan_units(text)
+        bill.yuan_units(text)
