@@ -13,7 +13,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
 from actors.names import reconciler_actor_name, shard_actor_name
-from actors.reconcile_match import Settlement
+from actors.reconcile_match import RefundSettlement, Settlement
 from channels.base import Notification
 from core.errors import Unavailable
 from core.order import CreateOrder
@@ -98,6 +98,12 @@ class ShardClient:
     async def settle(self, shard: int, facts: list[Settlement]) -> list[dict[str, Any]]:
         """Reconciliation facts for the shard to apply (OrderShard.settle)."""
         result: list[dict[str, Any]] = await self._call(shard, "settle", facts)
+        return result
+
+    async def settle_refunds(self, shard: int, facts: list[RefundSettlement]
+                             ) -> list[dict[str, Any]]:
+        """Final refund statuses for the shard to apply (OrderShard.settle_refunds)."""
+        result: list[dict[str, Any]] = await self._call(shard, "settle_refunds", facts)
         return result
 
     async def reconcile_close(self, shard: int, order_ids: list[str]) -> list[dict[str, Any]]:

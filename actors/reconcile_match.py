@@ -24,9 +24,14 @@ to settle, close, query and refund, and every mismatch. The rules:
                           refunded;
   ``paid_on_other_channel`` paid on a channel the order is not on: refunded when paycell had left
                           that channel (failover after a certain non-charge), reported otherwise;
-  ``refund_mismatch``     refund lines of the day that paycell cannot account for (more than the
-                          order's refunded_amount, or refunds of an order paycell holds unpaid);
+  ``refund_mismatch``     a refund line paycell cannot account for: no refund record of paycell's
+                          (and no reversal of a payment paycell closed), another order, amount or
+                          currency than the record, or a record paycell holds FAILED;
   ``missing_on_channel``  as above.
+
+Refunds (paycell's, core/refund.py) on the same ladder: a refund line for a refund paycell holds
+PENDING settles it SUCCEEDED (rung reconcile); a refund still PENDING past its async window that
+the statement does not show is queried at the channel and settled with a final answer.
 
 Refund ids are deterministic per (channel, order, payment line): ``rc`` + 24 hex digits of a
 SHA-256, lowercase letters and digits only (every channel's refund number takes that). A rerun
@@ -44,6 +49,7 @@ from typing import Any, Iterable, Mapping
 from channels.base import Statement, StatementKind, StatementLine
 from core.ids import parse_order_id
 from core.order import Order
+from core.refund import Refund, RefundStatus
 from core.states import Fact, OrderStatus, Rung
 
 REVERSED_CODE = "reversed_after_window"   # the shard's failure_code for a cancel that reversed
@@ -73,6 +79,19 @@ class Settlement:
 
     def __post_init__(self) -> None:
         assert self.fact in (Fact.PAID, Fact.CLOSED), self.fact
+
+
+@dataclass(frozen=True, slots=True)
+class RefundSettlement:
+    """A final status the reconciler established for one of paycell's refunds."""
+    refund_id: str
+    order_id: str
+    status: RefundStatus            # SUCCEEDED or FAILED
+    channel_refund_no: str = ""
+    failure_code: str = ""
+
+    def __post_init__(self) -> None:
+        assert self.status.is_final, self.status
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +145,8 @@ class Plan:
     findings: list[Finding] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     already_settled: list[Order] = field(default_factory=list)
+    settle_refunds: list[RefundSettlement] = field(default_factory=list)
+    refund_checks: list[Refund] = field(default_factory=list)   # PENDING, no line: query
 
     def count(self, name: str, n: int = 1) -> None:
         self.counts[name] = self.counts.get(name, 0) + n
@@ -140,6 +161,7 @@ class MatchContext:
     async_window_s: float
     covered_until: float             # Unix s: every trade before this is on the statement
     own_refunds: frozenset[str] = frozenset()   # refund ids the reconciler made earlier
+    refund_window_s: float = 600.0   # paycell's refund async window (orders.refund_async_window_ms)
 
 
 def refund_id_for(channel: str, order_id: str, line_no: int) -> str:
@@ -188,13 +210,19 @@ class Matcher:
         self.ctx = ctx
         self.plan = Plan()
         self.line_ids: set[str] = set()
+        self.refund_line_ids: set[str] = set()
+        self._records: Mapping[str, Refund | None] = {}
 
     # ---- the statement's side ---------------------------------------------------------------
     def add_lines(self, groups: Mapping[str, tuple[list[StatementLine], list[StatementLine]]],
-                  orders: Mapping[str, Order | None]) -> None:
-        """`orders`: the record of every order of this SET the lines name (None: no record)."""
+                  orders: Mapping[str, Order | None],
+                  refund_records: Mapping[str, Refund | None] | None = None) -> None:
+        """`orders`: the record of every order of this SET the lines name (None: no record);
+        `refund_records`: paycell's refund records of the refund ids the lines name."""
+        self._records = refund_records or {}
         for oid, (pays, refunds) in groups.items():
             self.line_ids.add(oid)
+            self.refund_line_ids.update(x.refund_id for x in refunds)
             self.plan.count("payment_lines", len(pays))
             self.plan.count("refund_lines", len(refunds))
             ref = parse_order_id(oid)
@@ -304,22 +332,51 @@ class Matcher:
 
     def _refunds(self, order: Order, pays: list[StatementLine],
                  refunds: list[StatementLine]) -> None:
-        ours = [x for x in refunds if x.refund_id in self.ctx.own_refunds]
-        theirs = [x for x in refunds if x.refund_id not in self.ctx.own_refunds]
-        self.plan.count("own_refund_lines", len(ours))
-        if not theirs:
+        for line in refunds:
+            if line.refund_id in self.ctx.own_refunds:
+                self.plan.count("own_refund_lines")
+                continue
+            rec = self._records.get(line.refund_id)
+            if rec is None:
+                # no refund of paycell's: only a cancel's reversal of a payment is expected
+                reversal = order.status is not OrderStatus.SUCCEEDED and (
+                    order.failure_code == REVERSED_CODE or bool(pays)) \
+                    and line.amount <= order.amount
+                if reversal:
+                    self.plan.count("refunds_matched")
+                else:
+                    self._finding(Kind.REFUND_MISMATCH, order.order_id,
+                                  f"refund {line.refund_id or '(no id)'} of {line.amount} on "
+                                  f"{self.ctx.channel}: no such refund of paycell's", order,
+                                  [line])
+            elif (rec.order_id, rec.amount, rec.currency) != (order.order_id, line.amount,
+                                                              line.currency):
+                self._finding(Kind.REFUND_MISMATCH, order.order_id,
+                              f"refund {rec.refund_id}: channel {line.amount} {line.currency}, "
+                              f"paycell {rec.amount} {rec.currency} of {rec.order_id}", order,
+                              [line])
+            elif rec.status is RefundStatus.PENDING:
+                self.plan.settle_refunds.append(RefundSettlement(
+                    rec.refund_id, rec.order_id, RefundStatus.SUCCEEDED, line.channel_refund_no))
+            elif rec.status is RefundStatus.FAILED:
+                self._finding(Kind.REFUND_MISMATCH, order.order_id,
+                              f"refund {rec.refund_id}: refunded on {self.ctx.channel}, paycell "
+                              "holds it FAILED: for review", order, [line])
+            elif rec.resolved_by is Rung.RECONCILE:
+                self.plan.count("refunds_already_settled")
+            else:
+                self.plan.count("refunds_matched")
+
+    def add_day_refund(self, refund: Refund) -> None:
+        """A refund of paycell's on this channel, still PENDING, created on the day: past its
+        async window and with no line on the statement, the channel is asked."""
+        if refund.channel != self.ctx.channel or refund.status.is_final \
+                or refund.refund_id in self.refund_line_ids:
             return
-        total = sum(x.amount for x in theirs)
-        if order.status is OrderStatus.SUCCEEDED and total <= order.refunded_amount:
-            self.plan.count("refunds_matched", len(theirs))
-        elif order.status is not OrderStatus.SUCCEEDED and total <= order.amount and (
-                order.failure_code == REVERSED_CODE or pays):
-            self.plan.count("refunds_matched", len(theirs))   # a reversal of its payment
+        if refund.created_at + self.ctx.refund_window_s <= self.ctx.covered_until:
+            self.plan.refund_checks.append(refund)
         else:
-            self._finding(Kind.REFUND_MISMATCH, order.order_id,
-                          f"channel refunded {total} that day, paycell has refunded "
-                          f"{order.refunded_amount} of a {order.status.value} order", order,
-                          theirs)
+            self.plan.count("refunds_not_due")
 
     # ---- paycell's side ---------------------------------------------------------------------
     def add_day_order(self, order: Order) -> None:
@@ -345,10 +402,13 @@ class Matcher:
 
 
 def match(statement: Statement, orders: Mapping[str, Order | None], day_orders: Iterable[Order],
-          ctx: MatchContext) -> Plan:
+          ctx: MatchContext, refunds: Mapping[str, Refund | None] | None = None,
+          day_refunds: Iterable[Refund] = ()) -> Plan:
     """The whole plan at once (the reconciler streams the day's orders instead)."""
     m = Matcher(ctx)
-    m.add_lines(group_lines(statement), orders)
+    m.add_lines(group_lines(statement), orders, refunds)
     for order in day_orders:
         m.add_day_order(order)
+    for refund in day_refunds:
+        m.add_day_refund(refund)
     return m.plan

@@ -19,8 +19,9 @@ from core.money import CURRENCY_EXPONENT, minor_to_decimal_str
 COUNTS = ("lines_parsed", "payment_lines", "refund_lines", "other_set_lines", "matched",
           "reversed", "settled_paid", "settled_closed", "already_settled", "resolved_meanwhile",
           "paid_other_day", "not_due", "left_open", "refunds_sent", "refunds_already_done",
-          "refunds_failed", "own_refund_lines", "refunds_matched", "mismatches", "deferred",
-          "errors")
+          "refunds_failed", "own_refund_lines", "refunds_matched", "refunds_settled",
+          "refunds_already_settled", "refunds_not_due", "refunds_left_pending", "mismatches",
+          "deferred", "errors")
 ITEMS_MAX = 1000   # entries per list in a report; the rest are counted under "truncated"
 
 
@@ -80,6 +81,10 @@ class Run:
                              "status": status})
         self.count({"settled": "settled_" + fact.lower(), "already_settled": "already_settled",
                     "resolved_meanwhile": "resolved_meanwhile"}.get(outcome, "errors"))
+
+    def settled_refund(self, refund_id: str, order_id: str, status: str) -> None:
+        self.settled.append({"order_id": order_id, "refund_id": refund_id, "fact": "REFUND",
+                             "outcome": "settled", "status": status})
 
     def error(self, step: str, detail: str, order_id: str = "") -> None:
         self.errors.append({"step": step, "order_id": order_id, "detail": detail[:300]})
@@ -148,9 +153,14 @@ def render_text(r: dict[str, Any]) -> str:
                f"{c['settled_closed']} closed through the channel, {c['already_settled']} "
                f"already settled, {c['resolved_meanwhile']} resolved meanwhile, "
                f"{c['paid_other_day']} paid on another day, {c['not_due']} not covered by the "
-               f"statement yet, {c['left_open']} left open; {c['other_set_lines']} lines of other SETs")
-    out.append(f"  refunds: {c['refunds_sent']} sent, {c['refunds_already_done']} already "
-               f"done, {c['refunds_failed']} failed")
+               f"statement yet, {c['left_open']} left open; {c['other_set_lines']} lines of "
+               "other SETs")
+    out.append(f"  paycell's refunds: {c['refunds_matched']} matched, {c['refunds_settled']} "
+               f"settled, {c['refunds_already_settled']} already settled, "
+               f"{c['refunds_left_pending']} still pending at the channel, "
+               f"{c['refunds_not_due']} not due")
+    out.append(f"  reconciliation refunds: {c['refunds_sent']} sent, "
+               f"{c['refunds_already_done']} already done, {c['refunds_failed']} failed")
     kinds = ", ".join(f"{k} {n}" for k, n in r["mismatches_by_kind"].items())
     out.append(f"  mismatches: {c['mismatches']}" + (f" ({kinds})" if kinds else ""))
     for m in r["mismatches"]:

@@ -4,6 +4,7 @@ Reads of paycell's orders go straight to the records (the shards commit before t
 memory, so Redis is the truth); every write to an order goes through its shard.
 
   pc:{<set>.<shard>}:o:<order_id>          order records (actors/store.py), read here
+  pc:{<set>.<shard>}:r:<refund_id>, :ropen  refund records and open refunds, read here
   pc:{recon.<set>}:report:<channel>:<day>  the last report of a channel's day (JSON, with a TTL)
   pc:{recon.<set>}:running                 "<channel>:<day>" of runs in progress
   pc:{recon.<set>}:refunds                 hash: refund id -> JSON of a reconciliation refund
@@ -28,8 +29,9 @@ from redis.exceptions import RedisError
 from actors.reconcile_match import day_bounds
 from actors.store import OrderStore
 from core.errors import Unavailable
-from core.ids import ORDER_ID_RE, parse_order_id
+from core.ids import ORDER_ID_RE, REFUND_ID_RE, parse_order_id, parse_refund_id
 from core.order import Order
+from core.refund import Refund
 from core.settings import Settings
 
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -45,8 +47,8 @@ def _b36(n: int, width: int = TIME_DIGITS) -> str:
 
 
 def created_ms(order_id: str) -> int | None:
-    """The creation time an order id carries (epoch ms), or None for an id without one."""
-    m = ORDER_ID_RE.match(order_id)
+    """The creation time an order or refund id carries (epoch ms), or None for one without."""
+    m = ORDER_ID_RE.match(order_id) or REFUND_ID_RE.match(order_id)
     if m is None or len(m.group(4)) < TIME_DIGITS + 8:
         return None
     return int(m.group(4)[:TIME_DIGITS], 36)
@@ -117,6 +119,37 @@ class OrderReader:
                         yield order
                 if cursor == 0:
                     break
+
+
+    async def get_refunds(self, refund_ids: list[str]) -> dict[str, Refund | None]:
+        """Records of this SET's refunds (other ids answer None)."""
+        out: dict[str, Refund | None] = {rid: None for rid in refund_ids}
+        keys: list[tuple[str, str]] = []
+        for rid in refund_ids:
+            ref = parse_refund_id(rid)
+            if ref is not None and (ref.region, ref.set_name) == (self._region, self._set) \
+                    and ref.shard < len(self._stores):
+                keys.append((rid, self._stores[ref.shard].refund_key(rid)))
+        for i in range(0, len(keys), self._batch):
+            chunk = keys[i:i + self._batch]
+            raws = await _call(self._r.mget([k for _, k in chunk]))
+            for (rid, _), raw in zip(chunk, raws):
+                if raw:
+                    out[rid] = Refund.from_record(orjson.loads(raw))
+        return out
+
+    async def day_refunds(self, day: date) -> AsyncIterator[Refund]:
+        """The SET's open (PENDING) refunds created on `day` (UTC)."""
+        start, end = day_bounds(day)
+        lo, hi = int(start * 1000), int(end * 1000)
+        for store in self._stores:
+            members = await _call(self._r.smembers(store.open_refunds_key))
+            ids = sorted(m.decode() for m in members)
+            mine = [rid for rid in ids if lo <= (created_ms(rid) or lo) < hi]
+            for i in range(0, len(mine), self._batch):
+                for refund in (await self.get_refunds(mine[i:i + self._batch])).values():
+                    if refund is not None and start <= refund.created_at < end:
+                        yield refund
 
 
 class ReportStore:

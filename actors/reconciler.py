@@ -36,8 +36,9 @@ import logging
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, TypeVar
 
-from actors.reconcile_match import (Finding, MatchContext, Matcher, RefundPlan, Settlement,
-                                    Verify, covered_until, group_lines)
+from actors.reconcile_match import (Finding, Kind, MatchContext, Matcher, RefundPlan,
+                                    RefundSettlement, Settlement, Verify, covered_until,
+                                    group_lines)
 from actors.reconcile_report import Run
 from channels.base import (ChannelError, ChannelResult, Connector, RefundRequest, RefundResult,
                            RefundStatus, StatementKind)
@@ -45,6 +46,7 @@ from core.clock import Clock, SystemClock
 from core.errors import NotFound, Overloaded, PaycellError, ValidationError
 from core.ids import parse_order_id
 from core.order import Order
+from core.refund import Refund, RefundStatus as PaycellRefundStatus
 from core.settings import Settings
 from core.states import Fact
 
@@ -56,6 +58,8 @@ T = TypeVar("T")
 
 class SettlePort(Protocol):
     async def settle(self, shard: int, facts: list[Settlement]) -> list[dict[str, Any]]: ...
+    async def settle_refunds(self, shard: int, facts: list[RefundSettlement]
+                             ) -> list[dict[str, Any]]: ...
     async def reconcile_close(self, shard: int, order_ids: list[str]
                               ) -> list[dict[str, Any]]: ...
 
@@ -63,6 +67,8 @@ class SettlePort(Protocol):
 class OrderSource(Protocol):
     async def get_many(self, order_ids: list[str]) -> dict[str, Order | None]: ...
     def day_orders(self, day: date) -> AsyncIterator[Order]: ...
+    async def get_refunds(self, refund_ids: list[str]) -> dict[str, Refund | None]: ...
+    def day_refunds(self, day: date) -> AsyncIterator[Refund]: ...
 
 
 class ReportPort(Protocol):
@@ -230,12 +236,16 @@ class Reconciler:
         own = frozenset(await self._refunds.get_many(refund_ids))
         o = self._settings.orders
         m = Matcher(MatchContext(run.channel, run.day, o.region, o.set_name,
-                                 o.async_window_ms / 1000, covered, own))
+                                 o.async_window_ms / 1000, covered, own,
+                                 o.refund_async_window_ms / 1000))
         mine = [oid for oid in groups if parse_order_id(oid) is not None]
-        m.add_lines(groups, await self._orders.get_many(mine))
+        records = await self._orders.get_refunds([r for r in refund_ids if r not in own])
+        m.add_lines(groups, await self._orders.get_many(mine), records)
         await self._progress(run, "orders")
         async for order in self._orders.day_orders(run.day):
             m.add_day_order(order)
+        async for refund in self._orders.day_refunds(run.day):
+            m.add_day_refund(refund)
         plan = m.plan
         run.took_plan(plan)
         calls = _Budget(self._rc.actions_max, self._rc.channel_calls_inflight_max)
@@ -245,6 +255,9 @@ class Reconciler:
         await self._close(run, plan.close, calls)
         await self._progress(run, "checking")
         await self._confirm(run, m, connector, plan.confirm, calls)
+        refund_facts = plan.settle_refunds + await self._check_refunds(
+            run, connector, plan.refund_checks, calls)
+        await self._settle_refunds(run, refund_facts)
         refunds = list(plan.refunds) + await self._verify(run, connector, plan.verify, calls)
         await self._progress(run, "refunding")
         await self._refund(run, connector, refunds, plan.findings, calls)
@@ -307,6 +320,55 @@ class Reconciler:
             run.error(step, f"{fact}: {outcome} ({status or a.get('detail', '')})", oid)
             if outcome in ("unavailable", "left_open"):
                 run.count("left_open")
+
+    async def _check_refunds(self, run: Run, connector: Connector, refunds: list[Refund],
+                             calls: _Budget) -> list[RefundSettlement]:
+        """paycell's refunds PENDING past their window and not on the statement: the channel's
+        refund query; a final answer settles them, anything else leaves them pending."""
+        async def query(r: Refund) -> RefundResult | None:
+            try:
+                return await connector.refund_query(r.order_id, r.refund_id, r.currency)
+            except (ChannelError, ValueError) as e:
+                run.error("refund_check", f"{r.refund_id}: {type(e).__name__}", r.order_id)
+                return None
+        out: list[RefundSettlement] = []
+        for r, res in zip(refunds, await calls.each(refunds, query)):
+            if res is None or not res.exists or res.status is RefundStatus.PENDING:
+                run.count("refunds_left_pending")
+            elif res.amount is not None and res.amount != r.amount:
+                run.add_finding(Finding(
+                    Kind.REFUND_MISMATCH, r.order_id,
+                    f"refund {r.refund_id}: channel {res.amount}, paycell {r.amount}: for "
+                    "review", {"refund_id": r.refund_id, "amount": r.amount},
+                    {"amount": res.amount, "status": res.status.value}))
+            else:
+                out.append(RefundSettlement(r.refund_id, r.order_id,
+                                            PaycellRefundStatus(res.status.value),
+                                            res.channel_refund_no, res.failure_code))
+        return out
+
+    async def _settle_refunds(self, run: Run, facts: list[RefundSettlement]) -> None:
+        size = self._rc.settle_batch_max
+        for shard, items in sorted(_by_shard(facts, lambda f: f.order_id).items()):
+            for i in range(0, len(items), size):
+                batch = items[i:i + size]
+                try:
+                    answers = await self._shards.settle_refunds(shard, batch)
+                except PaycellError as e:
+                    for f in batch:
+                        run.error("refund_settle", f"{f.refund_id}: shard {shard}: {e.code}; "
+                                                   "the next run retries", f.order_id)
+                    continue
+                for f, a in zip(batch, answers):
+                    if a["outcome"] == "moved":
+                        run.count("refunds_settled")
+                        run.settled_refund(f.refund_id, f.order_id, f.status.value)
+                    elif a["outcome"] == "noop":
+                        run.count("refunds_matched")
+                    else:
+                        run.error("refund_settle", f"{f.refund_id} {f.status.value}: "
+                                                   f"{a['outcome']} ({a.get('status', '')})",
+                                  f.order_id)
 
     async def _confirm(self, run: Run, m: Matcher, connector: Connector, orders: list[Order],
                        calls: _Budget) -> None:

@@ -39,19 +39,20 @@ import orjson
 
 from actors.board import TaskBoard
 from actors.locks import KeyedLocks
-from actors.reconcile_match import CLOSED_CODE, REVERSED_CODE, Settlement
+from actors.reconcile_match import (CLOSED_CODE, REVERSED_CODE, RefundSettlement,
+                                    Settlement)
 from actors.refunds import QUERY as REFUND_QUERY, RefundDesk, RefundStorePort, refund_reply
 from actors.store import KeyTaken
 from channels.base import (Capabilities, ChargeRequest, ChannelError, ChannelResult, NotSent,
                            Notification, NotificationKind, OutcomeUnknown, RefundRequest,
-                           RefundResult)
+                           RefundResult, RefundStatus as ChannelRefundStatus)
 from core.clock import Clock, SystemClock
 from channels.routing import ChannelsBusy, NoChannel as NoChannelFits, Payment
 from core.errors import (IdempotencyConflict, NoChannel, Overloaded, PaycellError, RateLimited,
                          Unavailable)
 from core.ids import make_order_id
 from core.order import CreateOrder, Order
-from core.refund import CreateRefund
+from core.refund import CreateRefund, RefundStatus
 from core.settings import Settings
 from core.states import Fact, Outcome, Rung
 
@@ -736,6 +737,35 @@ class OrderShard:
         if decision.outcome is Outcome.MOVED:
             self.counters["reconciled"] = self.counters.get("reconciled", 0) + 1
         return self._settled_answer(new, decision.outcome)
+
+    async def settle_refunds(self, facts: list[RefundSettlement]) -> list[dict[str, Any]]:
+        """Final statuses the reconciler established for paycell's refunds (a refund line on
+        the statement, or the channel's refund query after the refund's window), applied by
+        the refund desk with rung `reconcile`: under the order's lock, the refund and its
+        order's refund sums committed together. Answers as `settle`."""
+        await self.ensure_started()
+        return list(await asyncio.gather(*(self._settle_refund(f) for f in facts)))
+
+    async def _settle_refund(self, f: RefundSettlement) -> dict[str, Any]:
+        answer: dict[str, Any] = {"refund_id": f.refund_id, "order_id": f.order_id}
+        try:
+            before = await self._refunds._load(f.refund_id)
+            result = RefundResult(ChannelRefundStatus(f.status.value), f.refund_id,
+                                  f.channel_refund_no, failure_code=f.failure_code)
+            after = await self._refunds._learn(f.refund_id, f.status, Rung.RECONCILE,
+                                               result=result)
+        except PaycellError as e:
+            return {**answer, "outcome": "unavailable", "detail": e.code}
+        if before is None or after is None or after.order_id != f.order_id:
+            return {**answer, "outcome": "unknown"}
+        if after.status is not f.status:
+            outcome = Outcome.CONFLICT
+        elif before.status is RefundStatus.PENDING and after.resolved_by is Rung.RECONCILE:
+            outcome = Outcome.MOVED
+        else:
+            outcome = Outcome.NOOP
+        return {**answer, "outcome": outcome.value, "status": after.status.value,
+                "resolved_by": after.resolved_by.value if after.resolved_by else None}
 
     @staticmethod
     def _settled_answer(order: Order, outcome: Outcome) -> dict[str, Any]:

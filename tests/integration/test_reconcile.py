@@ -202,6 +202,12 @@ async def test_reconciliation_settles_closes_refunds_and_reports(rc: dict[str, A
             reports["wechatpay"]["counts"]["settled_closed"]) == (1, 1)
     assert reports["stripe"]["counts"]["settled_paid"] == 1
 
+    # the merchant refunds part of the order reconciliation settled: a refund of paycell's
+    async with PaycellClient(rc["url"], "demo-app", "demo-secret") as c:
+        status, r = await c.create_refund(orders["alipay_lost"]["order_id"],
+                                          {"out_refund_no": f"rf-{tag}", "amount": 206})
+        assert (status, r["status"]) == (200, "SUCCEEDED"), r
+
     # a second run changes nothing at the channel and reports the same, settled ones counted
     calls = {oid: (await _trade(settings, ch, oid))["cancel_calls"] for ch, oid in fenced}
     async with PaycellClient(rc["url"], *OPERATOR) as ops:
@@ -210,6 +216,7 @@ async def test_reconciliation_settles_closes_refunds_and_reports(rc: dict[str, A
     c2 = again["counts"]
     assert (c2["settled_paid"], c2["settled_closed"], c2["refunds_sent"]) == (0, 0, 0)
     assert (c2["already_settled"], c2["refunds_already_done"]) == (3, 1)
+    assert (c2["own_refund_lines"], c2["refunds_matched"]) == (1, 1)   # its refund, the merchant's
     assert (await _trade(settings, "alipay", twice))["refund_calls"] == 1
     assert {oid: (await _trade(settings, ch, oid))["cancel_calls"] for ch, oid in fenced} == calls
 

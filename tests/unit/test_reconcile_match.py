@@ -11,8 +11,9 @@ from actors.reconcile_match import (Kind, MatchContext, Settlement, covered_unti
                                     match, refund_id_for)
 from actors.reconcile_store import created_ms, day_prefix
 from channels.base import Statement, StatementKind, StatementLine
-from core.ids import make_order_id
+from core.ids import make_order_id, make_refund_id
 from core.order import Change, CreateOrder, Order
+from core.refund import CreateRefund, Refund, RefundStatus
 from core.states import Fact, OrderStatus, Rung
 
 DAY = date(2026, 11, 25)
@@ -213,16 +214,50 @@ def test_paid_on_a_channel_the_order_left_is_refunded() -> None:
     assert [r.order_id for r in plan.refunds] == [left.order_id]
 
 
-def test_refund_lines_paycell_cannot_account_for() -> None:
-    ok = order(oid(1), OrderStatus.SUCCEEDED, refunded_amount=300)
-    over = order(oid(2), OrderStatus.SUCCEEDED, refunded_amount=100)
-    unpaid = order(oid(3), OrderStatus.FAILED)
-    plan = run([refund(ok.order_id, 300), refund(over.order_id, 200),
-                refund(unpaid.order_id, 600), refund(oid(4), 50)], [ok, over, unpaid])
-    assert kinds(plan) == sorted([("refund_mismatch", over.order_id),
-                                  ("refund_mismatch", unpaid.order_id),
-                                  ("refund_mismatch", oid(4))])
-    assert plan.counts["refunds_matched"] == 1
+def refund_record(o: Order, n: int, amount: int, status: RefundStatus = RefundStatus.SUCCEEDED,
+                  resolved_by: Rung | None = Rung.SYNC, at: float = START + 7000) -> Refund:
+    rid = make_refund_id("local", "s0", 0, int(at * 1000), rand=n)
+    r = Refund.new(rid, CreateRefund(o.app_id, o.order_id, f"rf-{n}", amount), o, at)
+    return replace(r, status=status, resolved_by=resolved_by if status.is_final else None)
+
+
+def test_refund_lines_are_matched_against_paycells_refunds() -> None:
+    paid = [order(oid(n), OrderStatus.SUCCEEDED) for n in range(1, 8)]
+    ok = refund_record(paid[0], 1, 300)
+    pending = refund_record(paid[1], 2, 300, RefundStatus.PENDING)
+    failed = refund_record(paid[2], 3, 300, RefundStatus.FAILED)
+    differs = refund_record(paid[3], 4, 250)
+    settled = refund_record(paid[4], 5, 300, resolved_by=Rung.RECONCILE)
+    unpaid = order(oid(9), OrderStatus.FAILED)
+    records = [ok, pending, failed, differs, settled]
+    lines = [refund(r.order_id, 300, r.refund_id) for r in records]
+    lines += [refund(paid[5].order_id, 300, "merchant-console-1"),   # not paycell's
+              refund(unpaid.order_id, 600, "R9"), refund(oid(4), 50, "R4")]
+    statement = Statement("alipay", DAY, tuple(lines))
+    orders = {o.order_id: o for o in [*paid, unpaid]}
+    plan = match(statement, {x.order_id: orders.get(x.order_id) for x in lines}, [], ctx(),
+                 {r.refund_id: r for r in records})
+    assert kinds(plan) == sorted([
+        ("refund_mismatch", failed.order_id), ("refund_mismatch", differs.order_id),
+        ("refund_mismatch", paid[5].order_id), ("refund_mismatch", unpaid.order_id),
+        ("refund_mismatch", oid(4))])
+    assert [(s.refund_id, s.status) for s in plan.settle_refunds] == [
+        (pending.refund_id, RefundStatus.SUCCEEDED)]
+    assert (plan.counts["refunds_matched"], plan.counts["refunds_already_settled"]) == (1, 1)
+
+
+def test_pending_refunds_past_their_window_without_a_line_are_checked() -> None:
+    o = order(oid(1), OrderStatus.SUCCEEDED)
+    window_s = ctx().refund_window_s
+    old = refund_record(o, 1, 100, RefundStatus.PENDING, at=END - window_s - 10)
+    young = refund_record(o, 2, 100, RefundStatus.PENDING, at=END - window_s + 10)
+    on_bill = refund_record(o, 3, 100, RefundStatus.PENDING, at=START + 10)
+    done = refund_record(o, 4, 100)
+    statement = Statement("alipay", DAY, (refund(o.order_id, 100, on_bill.refund_id),))
+    plan = match(statement, {o.order_id: o}, [], ctx(), {on_bill.refund_id: on_bill},
+                 [old, young, on_bill, done])
+    assert plan.refund_checks == [old] and plan.counts["refunds_not_due"] == 1
+    assert [s.refund_id for s in plan.settle_refunds] == [on_bill.refund_id]
 
 
 def test_the_reconcilers_own_refunds_are_recognised() -> None:

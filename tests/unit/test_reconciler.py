@@ -18,7 +18,9 @@ from channels.base import (ChannelResult, Notification, OutcomeUnknown, RefundRe
 from core.clock import FakeClock
 from core.errors import Unavailable
 from core.ids import make_order_id, parse_order_id
+from core.ids import make_refund_id
 from core.order import CreateOrder, Order
+from core.refund import CreateRefund, Refund, RefundStatus as PaycellRefundStatus, reserve
 from core.settings import load_settings
 from core.states import Fact, OrderStatus, Rung
 
@@ -36,6 +38,7 @@ def settings(**reconcile: Any) -> Any:
 class MemStore:
     def __init__(self) -> None:
         self.records: dict[str, Order] = {}
+        self.refunds: dict[str, Refund] = {}
         self.commits = 0
         self.down = False
 
@@ -58,18 +61,30 @@ class MemStore:
         self.commits += 1
         self.records[order.order_id] = order
 
-    # ---- refunds (none here) ----
-    async def get_refund(self, refund_id: str) -> None:
-        return None
+    # ---- refunds: records and the order's sums, committed together ----
+    async def get_refund(self, refund_id: str) -> Refund | None:
+        return self.refunds.get(refund_id)
 
-    async def find_refund(self, order_id: str, out_refund_no: str) -> None:
-        return None
+    async def find_refund(self, order_id: str, out_refund_no: str) -> Refund | None:
+        return next((r for r in self.refunds.values()
+                     if (r.order_id, r.out_refund_no) == (order_id, out_refund_no)), None)
 
-    async def refunds_of(self, order_id: str) -> list[Any]:
-        return []
+    async def refunds_of(self, order_id: str) -> list[Refund]:
+        return [r for r in self.refunds.values() if r.order_id == order_id]
 
     async def open_refund_ids(self) -> list[str]:
-        return []
+        return [r.refund_id for r in self.refunds.values() if not r.status.is_final]
+
+    async def commit_refund(self, order: Order, refund: Refund, *, base: Any,
+                            new: bool = False) -> None:
+        await asyncio.sleep(0)
+        if self.down:
+            raise Unavailable("store down")
+        stored = self.records[order.order_id]
+        assert (stored.refund_reserved, stored.refunded_amount) == (base.reserved, base.refunded)
+        self.commits += 1
+        self.records[order.order_id] = order
+        self.refunds[refund.refund_id] = refund
 
 
 class ShardChannels:
@@ -106,6 +121,12 @@ class Shards:
             raise Unavailable("shard down")
         return await self.shards[shard].settle(facts)
 
+    async def settle_refunds(self, shard: int, facts: list[Any]) -> list[dict[str, Any]]:
+        self.calls += 1
+        if self.down:
+            raise Unavailable("shard down")
+        return await self.shards[shard].settle_refunds(facts)
+
     async def reconcile_close(self, shard: int, order_ids: list[str]) -> list[dict[str, Any]]:
         self.calls += 1
         if self.down:
@@ -125,6 +146,15 @@ class Orders:
         for o in list(self.store.records.values()):
             if start <= o.created_at < end:
                 yield o
+
+    async def get_refunds(self, refund_ids: list[str]) -> dict[str, Refund | None]:
+        return {rid: self.store.refunds.get(rid) for rid in refund_ids}
+
+    async def day_refunds(self, day: date) -> AsyncIterator[Refund]:
+        start, end = day_bounds(day)
+        for r in list(self.store.refunds.values()):
+            if start <= r.created_at < end and not r.status.is_final:
+                yield r
 
 
 class Reports:
@@ -166,6 +196,7 @@ class Channel:
         self.refunds: list[RefundRequest] = []
         self.refunded: dict[str, RefundRequest] = {}
         self.fail: set[str] = set()               # calls that answer OutcomeUnknown
+        self.refund_states: dict[str, RefundStatus] = {}   # paycell's refunds at the channel
         self.reverses = True
 
     def paid(self, order_id: str, amount: int = 600, times: int = 1,
@@ -199,6 +230,13 @@ class Channel:
         if state == "PAID":
             return ChannelResult(Fact.PAID, raw_status="TRADE_SUCCESS")
         return ChannelResult(Fact.CLOSED, raw_status="TRADE_CLOSED", exists=state is not None)
+
+    async def refund_query(self, order_id: str, refund_id: str, currency: str) -> RefundResult:
+        self.queries.append(refund_id)
+        state = self.refund_states.get(refund_id)
+        if state is None:
+            return RefundResult(RefundStatus.PENDING, refund_id, exists=False)
+        return RefundResult(state, refund_id, "RQ-" + refund_id[-4:])
 
     async def refund(self, req: RefundRequest) -> RefundResult:
         self.refunds.append(req)
@@ -651,3 +689,55 @@ async def test_the_shard_leaves_open_what_its_cancel_cannot_close() -> None:
     assert answers[waiting.order_id]["outcome"] == "left_open"
     assert w.channel.cancels == []           # never called for the final one
     assert rec(w, unknown).status is rec(w, waiting).status is OrderStatus.PENDING
+
+
+
+def pending_refund(w: World, o: Order, amount: int, at: float = START + 4000) -> Refund:
+    """A refund paycell created and the channel accepted, still PENDING (its order reserved)."""
+    shard = parse_order_id(o.order_id).shard  # type: ignore[union-attr]
+    rid = make_refund_id("local", "s0", shard, int(at * 1000), rand=len(w.store.refunds) + 1)
+    r = Refund.new(rid, CreateRefund(o.app_id, o.order_id, f"rf{rid[-4:]}", amount), o, at)
+    w.store.records[o.order_id] = reserve(w.store.records[o.order_id], amount)
+    w.store.refunds[rid] = r
+    return r
+
+
+async def test_a_pending_refund_the_statement_shows_is_settled_once() -> None:
+    w = World()
+    o = w.order(OrderStatus.SUCCEEDED, amount=1200)
+    w.channel.paid(o.order_id, amount=1200)
+    r = pending_refund(w, o, 500)
+    w.channel.lines.append(StatementLine(
+        StatementKind.REFUND, o.order_id, "T1", 500, "CNY",
+        datetime.fromtimestamp(START + 5000, timezone.utc), refund_id=r.refund_id,
+        channel_refund_no="RF77"))
+    first = await w.run()
+    got = w.store.refunds[r.refund_id]
+    assert (got.status, got.resolved_by, got.channel_refund_no) == (
+        PaycellRefundStatus.SUCCEEDED, Rung.RECONCILE, "RF77")
+    assert (rec(w, o).refunded_amount, rec(w, o).refund_reserved) == (500, 500)
+    assert (first["counts"]["refunds_settled"], first["mismatches"]) == (1, [])
+    second = await w.run()
+    assert (second["counts"]["refunds_settled"], second["counts"]["refunds_already_settled"]) \
+        == (0, 1)
+    assert rec(w, o).refunded_amount == 500
+
+
+async def test_pending_refunds_past_their_window_are_asked_for() -> None:
+    w = World()
+    o = w.order(OrderStatus.SUCCEEDED, amount=1200)
+    w.channel.paid(o.order_id, amount=1200)
+    done, refused, unknown = (pending_refund(w, o, 100), pending_refund(w, o, 200),
+                              pending_refund(w, o, 300))
+    w.channel.refund_states = {done.refund_id: RefundStatus.SUCCEEDED,
+                               refused.refund_id: RefundStatus.FAILED}
+    report = await w.run()
+    assert sorted(w.channel.queries) == sorted([done.refund_id, refused.refund_id,
+                                                unknown.refund_id])
+    status = {rid: w.store.refunds[rid].status for rid in w.store.refunds}
+    assert status == {done.refund_id: PaycellRefundStatus.SUCCEEDED,
+                      refused.refund_id: PaycellRefundStatus.FAILED,
+                      unknown.refund_id: PaycellRefundStatus.PENDING}
+    assert (rec(w, o).refunded_amount, rec(w, o).refund_reserved) == (100, 400)
+    c = report["counts"]
+    assert (c["refunds_settled"], c["refunds_left_pending"]) == (2, 1)
