@@ -97,12 +97,16 @@ def error_reply(err: PaycellError) -> dict[str, Any]:
 
 class OrderShard:
     def __init__(self, settings: Settings, shard: int, *, store: StorePort,
-                 channels: ChannelPort, clock: Clock | None = None, notify_url: str = "") -> None:
+                 channels: ChannelPort, clock: Clock | None = None, notify_url: str = "",
+                 rng: random.Random | None = None) -> None:
         self._s = settings.orders
         self._shard = shard
         self._store = store
         self._channels = channels
         self._clock = clock or SystemClock()
+        # Injected by the simulation (tests/sim) so that a seed replays: the random part of order
+        # ids and the restart spread. None: order ids from `secrets`, the spread from `random`.
+        self._rng = rng
         self._notify_url = notify_url
         # Orders not final yet. None: known open, record not loaded (after a restart the shard
         # rebuilds which orders are open and their schedule; each record is read when needed).
@@ -133,7 +137,7 @@ class OrderShard:
                                    notify_url=notify_url)
         self.counters = {"submit_calls": 0, "submitted": 0, "notify_calls": 0, "created": 0, "replayed": 0, "conflicts": 0, "late_sync": 0,
                          "queries": 0, "cancels": 0, "notifies": 0, "fact_conflicts": 0,
-                         "failovers": 0, "stale_channel_notifies": 0}
+                         "failovers": 0, "stale_channel_notifies": 0, "paid_after_cancel": 0}
 
     # ------------------------------------------------------------------ lifecycle
     async def ensure_started(self) -> None:
@@ -161,7 +165,7 @@ class OrderShard:
         for oid in ids:
             if oid not in self._open:
                 self._open[oid] = None
-                self._schedule(now + random.random() * spread_s, oid, "query")
+                self._schedule(now + (self._rng or random).random() * spread_s, oid, "query")
         refunds = await self._refunds.rebuild()
         if ids or refunds:
             log.info("shard %d rebuilt %d open orders and %d open refunds", self._shard,
@@ -202,6 +206,26 @@ class OrderShard:
         else:
             self._open[o.order_id] = o
 
+    def _adopt(self, o: Order) -> None:
+        """Remember a record read from Redis. An open order this life of the shard has not put
+        on its schedule is one whose create landed although the commit's reply was lost (the
+        client was told 503 and retried): its charge was never sent from here, and it must not
+        be now, so the query ladder resolves it like any unknown outcome (query, cancel at
+        the window's end). Without this it stayed PENDING until the next restart."""
+        unscheduled = not o.status.is_final and o.order_id not in self._open
+        self._remember(o)
+        if unscheduled:
+            self._schedule_query(o.order_id)
+
+    def _forget(self, order_id: str) -> None:
+        """After a commit that failed: it may have landed all the same (its reply was lost),
+        so the record in memory may be behind Redis. Drop it: the next use reads Redis. (An
+        order kept as a stale PENDING was cancelled after Redis had it FAILED or SUCCEEDED, and
+        read back as PENDING by clients while Redis had it final.)"""
+        if order_id in self._open:
+            self._open[order_id] = None
+        self._recent.pop(order_id, None)
+
     def _cached(self, order_id: str) -> Order | None:
         return self._open.get(order_id) or self._recent.get(order_id)
 
@@ -210,7 +234,7 @@ class OrderShard:
         if o is None:
             o = await self._store.get(order_id)
             if o is not None:
-                self._remember(o)
+                self._adopt(o)
         return o
 
     # ------------------------------------------------------------------ reads
@@ -233,10 +257,14 @@ class OrderShard:
                 return o
         pending = self._creating.get(key)
         if pending is not None:
-            return await asyncio.shield(pending)
+            created = await asyncio.shield(pending)
+            if created is not None:
+                return created
+            # That create failed (None), which says nothing about the key: an earlier create
+            # may have landed. Redis answers (or fails: 503, never a false "no such order").
         o = await self._store.find(app_id, out_trade_no)
         if o is not None:
-            self._remember(o)
+            self._adopt(o)
         return o
 
     # ------------------------------------------------------------------ refunds (actors/refunds.py)
@@ -344,7 +372,7 @@ class OrderShard:
             # finished since then is in memory (checked by the caller without awaiting).
             stored = known[key] if key in known else await self._store.find(*key)
             if stored is not None:
-                self._remember(stored)
+                self._adopt(stored)
                 fut.set_result(stored)
                 self._check_same(stored, cmd)
                 self.counters["replayed"] += 1
@@ -353,7 +381,8 @@ class OrderShard:
                 raise Overloaded("too many open orders on this shard", retry_after_s=1)
             candidates = self._candidates(cmd)
             now = self._clock.time()
-            oid = make_order_id(self._s.region, self._s.set_name, self._shard, int(now * 1000))
+            oid = make_order_id(self._s.region, self._s.set_name, self._shard, int(now * 1000),
+                                None if self._rng is None else self._rng.getrandbits(64))
             order = replace(Order.new(oid, cmd, now), charge_sent=True,
                             channel=candidates[0], routed=not cmd.channel)
             try:
@@ -362,7 +391,7 @@ class OrderShard:
                 stored = await self._store.find(*key)
                 if stored is None:
                     raise Unavailable("idempotency key in flux; retry", retry_after_s=1) from None
-                self._remember(stored)
+                self._adopt(stored)
                 fut.set_result(stored)
                 self._check_same(stored, cmd)
                 self.counters["replayed"] += 1
@@ -437,13 +466,14 @@ class OrderShard:
         charged; None when the order is no longer there to move."""
         oid = order.order_id
         async with self._locks.hold(oid):
-            current = await self._load(oid)
-            if current is None or current.status.is_final or current.channel != order.channel:
-                return None
-            tried = ",".join(filter(None, [current.tried_channels, current.channel]))
-            moved = replace(current, channel=channel, tried_channels=tried,
-                            updated_at=self._clock.time())
             try:
+                current = await self._load(oid)   # (reads Redis when memory let it go)
+                if current is None or current.status.is_final \
+                        or current.channel != order.channel:
+                    return None
+                tried = ",".join(filter(None, [current.tried_channels, current.channel]))
+                moved = replace(current, channel=channel, tried_channels=tried,
+                                updated_at=self._clock.time())
                 await self._store.commit(moved)
             except PaycellError:
                 return None           # not durable: answer with the first channel's result
@@ -481,41 +511,66 @@ class OrderShard:
         self._schedule(self._clock.time() + self._s.query_first_delay_ms / 1000, order_id, "query")
 
     # ------------------------------------------------------------------ facts
-    async def _learn(self, order_id: str, fact: Fact, rung: Rung, *,
+    async def _learn(self, order_id: str, fact: Fact, rung: Rung, *, channel: str = "",
                      result: ChannelResult | None = None, failure_code: str = "",
                      failure_message: str = "") -> Order | None:
-        """Apply one channel fact under the order's lock; commit before memory changes."""
+        """Apply one channel fact under the order's lock; commit before memory changes. With
+        `channel` (a notification's), a fact from a channel the order has left is not applied."""
         async with self._locks.hold(order_id):
-            order = await self._load(order_id)
-            if order is None:
-                return None
-            if result is not None and fact is Fact.PAID and result.amount is not None \
-                    and result.amount != order.amount:
-                log.error("order %s: channel amount %s != %s; not applied",
-                          order_id, result.amount, order.amount,
-                          extra=self._ctx(order_id, order.channel))
-                self.counters["fact_conflicts"] += 1
-                return order
-            new, decision = order.learn(
-                fact, rung, self._clock.time(),
-                channel_trade_no=result.channel_trade_no if result else "",
-                pay_data=orjson.dumps(dict(result.pay_data)).decode()
-                if result is not None and result.pay_data else "",
-                failure_code=failure_code or (result.failure_code if result else ""),
-                failure_message=failure_message or (result.failure_message if result else ""))
-            if decision.outcome is Outcome.CONFLICT:
-                self.counters["fact_conflicts"] += 1
-                log.error("order %s: %s via %s contradicts %s; reported, not applied",
-                          order_id, fact.value, rung.value, order.status.value,
-                          extra=self._ctx(order_id, order.channel))
-            if new is not order:
+            return await self._learn_locked(order_id, fact, rung, channel=channel, result=result,
+                                            failure_code=failure_code,
+                                            failure_message=failure_message)
+
+    async def _learn_locked(self, order_id: str, fact: Fact, rung: Rung, *, channel: str = "",
+                            result: ChannelResult | None = None, failure_code: str = "",
+                            failure_message: str = "") -> Order | None:
+        """_learn, for a caller that holds the order's lock."""
+        order = await self._load(order_id)
+        if order is None:
+            return None
+        if channel and channel != order.channel:
+            # Checked here, under the lock, on the current record: a failover committed while
+            # this fact waited for the lock makes it a fact about a channel the order left.
+            self._stale_channel_fact(order, channel, fact)
+            return order
+        if fact is Fact.PAID and order.cancel_sent and not order.status.is_final:
+            # Once a cancel may have reached the channel, only its answer decides: this payment
+            # is one the cancel reverses (or reversed already, the notification being late).
+            self.counters["paid_after_cancel"] += 1
+            log.warning("order %s: paid via %s after its cancel was sent; the cancel decides",
+                        order_id, rung.value, extra=self._ctx(order_id, order.channel))
+            return order
+        if result is not None and fact is Fact.PAID and result.amount is not None \
+                and result.amount != order.amount:
+            log.error("order %s: channel amount %s != %s; not applied",
+                      order_id, result.amount, order.amount,
+                      extra=self._ctx(order_id, order.channel))
+            self.counters["fact_conflicts"] += 1
+            return order
+        new, decision = order.learn(
+            fact, rung, self._clock.time(),
+            channel_trade_no=result.channel_trade_no if result else "",
+            pay_data=orjson.dumps(dict(result.pay_data)).decode()
+            if result is not None and result.pay_data else "",
+            failure_code=failure_code or (result.failure_code if result else ""),
+            failure_message=failure_message or (result.failure_message if result else ""))
+        if decision.outcome is Outcome.CONFLICT:
+            self.counters["fact_conflicts"] += 1
+            log.error("order %s: %s via %s contradicts %s; reported, not applied",
+                      order_id, fact.value, rung.value, order.status.value,
+                      extra=self._ctx(order_id, order.channel))
+        if new is not order:
+            try:
                 await self._store.commit(new)
-                self._remember(new)
-            if new.status.is_final:
-                waiting = self._sync_done.get(order_id)
-                if waiting is not None:  # final by another rung: answer the client now
-                    waiting.set()
-            return new
+            except PaycellError:
+                self._forget(order_id)
+                raise
+            self._remember(new)
+        if new.status.is_final:
+            waiting = self._sync_done.get(order_id)
+            if waiting is not None:  # final by another rung: answer the client now
+                waiting.set()
+        return new
 
     async def notify_many(self, notes: list[Notification]) -> list[bool]:
         """A batch of verified channel notifications (one actor call from the gateway)."""
@@ -528,6 +583,14 @@ class OrderShard:
                           extra=self._ctx(note.order_id, ""))
         return [r is True for r in results]  # False: the channel will deliver it again
 
+    def _stale_channel_fact(self, order: Order, channel: str, fact: Fact) -> None:
+        """A fact from a channel this order failed over from: that channel declined or never got
+        the charge. A payment it reports now is money to give back (reconciliation)."""
+        self.counters["stale_channel_notifies"] += 1
+        level = logging.ERROR if fact is Fact.PAID else logging.INFO
+        log.log(level, "order %s: %s from %s, which it left for %s", order.order_id,
+                fact.value, channel, order.channel, extra=self._ctx(order.order_id, channel))
+
     async def notify(self, note: Notification) -> bool:
         """A verified channel notification; True when it was applied or already known."""
         await self.ensure_started()
@@ -538,13 +601,7 @@ class OrderShard:
         if order is None:
             return False
         if note.channel and note.channel != order.channel:
-            # From a channel this order failed over from: that channel declined or never got
-            # the charge. A payment it reports now is money to give back (reconciliation).
-            self.counters["stale_channel_notifies"] += 1
-            level = logging.ERROR if note.fact is Fact.PAID else logging.INFO
-            log.log(level, "order %s: %s notification from %s, which it left for %s",
-                    note.order_id, note.fact.value, note.channel, order.channel,
-                    extra=self._ctx(note.order_id, note.channel))
+            self._stale_channel_fact(order, note.channel, note.fact)
             return True
         if note.amount is not None and (note.amount != order.amount
                                         or (note.currency and note.currency != order.currency)):
@@ -555,7 +612,8 @@ class OrderShard:
             return False
         result = ChannelResult(fact=note.fact, channel_trade_no=note.channel_trade_no,
                                amount=note.amount, raw_status=note.raw_status)
-        await self._learn(note.order_id, note.fact, Rung.NOTIFY, result=result)
+        await self._learn(note.order_id, note.fact, Rung.NOTIFY, channel=note.channel,
+                          result=result)
         return True
 
     # ------------------------------------------------------------------ async rung: the schedule
@@ -602,9 +660,10 @@ class OrderShard:
                 self._open.pop(order_id, None)
                 return
             if order.status.is_final:
+                self._remember(order)  # memory was behind Redis (a commit's reply was lost)
                 return
             async with self._channel_slots:
-                if kind == "query":
+                if kind == "query" and not order.cancel_sent:
                     await self._query(order)
                 else:
                     await self._cancel(order)
@@ -629,17 +688,38 @@ class OrderShard:
             self._schedule(now + self._s.query_interval_ms / 1000, order.order_id, "query")
 
     async def _cancel(self, order: Order) -> None:
-        self.counters["cancels"] += 1
-        try:
-            result = await self._channels.cancel(order.channel, order.order_id)
-        except (OutcomeUnknown, NotSent, PaycellError):
-            result = None
-        if result is not None and result.fact is Fact.CLOSED:
-            code = "reversed_after_window" if result.action == "refund" else "closed_unpaid"
-            await self._learn(order.order_id, Fact.CLOSED, Rung.QUERY, result=result,
-                              failure_code=code)
-            self._cancel_attempts.pop(order.order_id, None)
-            return
+        oid = order.order_id
+        # Under the order's lock, from the check to the cancel's answer: a cancel reverses a
+        # payment the channel took, so it is sent only for an order still PENDING, and a fact
+        # that arrives meanwhile (the payer's late payment, notified) waits for the cancel's
+        # answer. Without the lock a PAID notification could make the order SUCCEEDED while
+        # the cancel, already sent, gave the money back. `cancel_sent`, committed first, keeps
+        # that rule when the cancel's answer cannot be committed or the shard restarts.
+        async with self._locks.hold(oid):
+            current = await self._load(oid)
+            if current is None or current.status.is_final:
+                self._cancel_attempts.pop(oid, None)
+                return
+            if not current.cancel_sent:   # durable before the channel sees it, as charge_sent
+                fenced = replace(current, cancel_sent=True, updated_at=self._clock.time())
+                try:
+                    await self._store.commit(fenced)
+                except PaycellError:
+                    self._forget(oid)
+                    raise                 # the follow-up tries again later
+                self._remember(fenced)
+                current = fenced
+            self.counters["cancels"] += 1
+            try:
+                result = await self._channels.cancel(current.channel, oid)
+            except (OutcomeUnknown, NotSent, PaycellError):
+                result = None
+            if result is not None and result.fact is Fact.CLOSED:
+                code = "reversed_after_window" if result.action == "refund" else "closed_unpaid"
+                await self._learn_locked(oid, Fact.CLOSED, Rung.QUERY, result=result,
+                                         failure_code=code)
+                self._cancel_attempts.pop(oid, None)
+                return
         attempts = self._cancel_attempts.get(order.order_id, 0) + 1
         self._cancel_attempts[order.order_id] = attempts
         if attempts < self._s.cancel_attempts_max:

@@ -113,6 +113,7 @@ class CircuitBreaker:
         self.failures = 0
         self.opened_at: float | None = None
         self.probing = False
+        self.probe_at = 0.0
         self.opened_count = 0
 
     def state(self, now: float) -> BreakerState:
@@ -124,11 +125,15 @@ class CircuitBreaker:
 
     def allows(self, now: float) -> bool:
         state = self.state(now)
-        return state is BreakerState.CLOSED or (state is BreakerState.HALF_OPEN and not self.probing)
+        # A probe whose result never comes (its order was not created after all: the commit
+        # failed after the token was taken; or its charge was refused before it was sent)
+        # frees the slot after open_s; otherwise the channel stayed shut for good.
+        return state is BreakerState.CLOSED or (state is BreakerState.HALF_OPEN and (
+            not self.probing or now - self.probe_at >= self.open_s))
 
     def on_send(self, now: float) -> None:
         if self.state(now) is BreakerState.HALF_OPEN:
-            self.probing = True            # one probe at a time
+            self.probing, self.probe_at = True, now   # one probe at a time
 
     def record(self, now: float, fault: bool) -> None:
         if not fault:

@@ -75,6 +75,7 @@ class Order:
     failure_message: str = ""
     notify_url: str = ""
     charge_sent: bool = False       # the charge request may have reached the channel
+    cancel_sent: bool = False       # a cancel may have reached it: only its answer decides now
     routed: bool = False            # paycell chose the channel (failover allowed)
     tried_channels: str = ""        # comma-separated channels that certainly did not charge
     pay_data: str = ""              # prepay: JSON of what the payer's app needs (prepay_id...)
