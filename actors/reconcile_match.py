@@ -5,7 +5,9 @@ the orders they name, then every other order of the day on that channel, and get
 to settle, close, query and refund, and every mismatch. The rules:
 
 * A payment line for an order paycell holds PENDING: the order is paid (settled PAID through its
-  shard, rung ``reconcile``).
+  shard, rung ``reconcile``); unless a cancel may have reached the channel (``cancel_sent``),
+  which may have reversed the payment: then the order is closed as below, and the channel's
+  answer to that cancel decides.
 * An order PENDING past its async window that the statement covers and shows no payment for:
   closed through the channel by its shard (the cancel fences the trade number), which commits
   what the cancel says (CLOSED, or PAID when the channel reports it paid).
@@ -288,7 +290,9 @@ class Matcher:
                               order, [line])
         if not good:
             return
-        if order.status is OrderStatus.PENDING:
+        if order.status is OrderStatus.PENDING and order.cancel_sent:
+            self.plan.close.append(order)    # a cancel may have reversed it: its answer decides
+        elif order.status is OrderStatus.PENDING:
             first = good[0]
             self.plan.settle.append(Settlement(order.order_id, Fact.PAID, first.channel_trade_no,
                                                first.amount, first.currency))

@@ -250,9 +250,10 @@ class Reconciler:
         run.took_plan(plan)
         calls = _Budget(self._rc.actions_max, self._rc.channel_calls_inflight_max)
         await self._progress(run, "settling")
-        await self._settle(run, plan.settle)
+        fenced = await self._settle(run, plan.settle)
         await self._progress(run, "closing")
-        await self._close(run, plan.close, calls)
+        closing = [o.order_id for o in plan.close]
+        await self._close(run, closing + [oid for oid in fenced if oid not in closing], calls)
         await self._progress(run, "checking")
         await self._confirm(run, m, connector, plan.confirm, calls)
         refund_facts = plan.settle_refunds + await self._check_refunds(
@@ -264,9 +265,11 @@ class Reconciler:
         run.count("deferred", calls.deferred)
 
     # ------------------------------------------------------------------ steps
-    async def _settle(self, run: Run, facts: list[Settlement]) -> None:
-        """Each shard applies its orders' payments, in batches; the shards work at once."""
+    async def _settle(self, run: Run, facts: list[Settlement]) -> list[str]:
+        """Each shard applies its orders' payments, in batches; the shards work at once. The
+        orders a cancel was sent for meanwhile come back, to be closed (the cancel decides)."""
         size = self._rc.settle_batch_max
+        fenced: list[str] = []
 
         async def shard_settles(shard: int, items: list[Settlement]) -> None:
             for i in range(0, len(items), size):
@@ -278,19 +281,23 @@ class Reconciler:
                         self._unreached(run, "settle", shard, e, f.order_id)
                     continue
                 for f, a in zip(batch, answers):
-                    self._settled(run, "settle", f.fact.value, a)
+                    if a["outcome"] == "cancel_sent":
+                        fenced.append(f.order_id)
+                    else:
+                        self._settled(run, "settle", f.fact.value, a)
                 await self._progress(run)
         await asyncio.gather(*(shard_settles(shard, items) for shard, items
                                in sorted(_by_shard(facts, lambda f: f.order_id).items())))
+        return fenced
 
-    async def _close(self, run: Run, orders: list[Order], calls: _Budget) -> None:
+    async def _close(self, run: Run, order_ids: list[str], calls: _Budget) -> None:
         """Each shard closes its orders at the channel, a few at a time (each close is a
         channel call; channel_calls_inflight_max in all), the shards at once."""
-        groups = sorted(_by_shard(orders, lambda o: o.order_id).items())
+        groups = sorted(_by_shard(order_ids, lambda oid: oid).items())
         size = max(1, self._rc.channel_calls_inflight_max // max(1, len(groups)))
 
-        async def shard_closes(shard: int, items: list[Order]) -> None:
-            ids = [o.order_id for o in items[:calls.take(len(items))]]
+        async def shard_closes(shard: int, items: list[str]) -> None:
+            ids = items[:calls.take(len(items))]
             for i in range(0, len(ids), size):
                 batch = ids[i:i + size]
                 try:

@@ -767,6 +767,9 @@ class OrderShard:
                     return {"order_id": oid, "outcome": "unknown"}
                 if order.status.is_final:
                     return self._settled_answer(order, Outcome.NOOP)
+                if not order.cancel_sent:    # durable before the channel sees it (as _cancel)
+                    fenced = replace(order, cancel_sent=True, updated_at=self._clock.time())
+                    await self._commit_or_forget(fenced)
                 try:
                     async with self._channel_slots:
                         res = await self._channels.cancel(order.channel, oid)
@@ -782,17 +785,24 @@ class OrderShard:
                 else:
                     return {"order_id": oid, "outcome": "left_open",
                             "detail": f"cancel answered {res.fact.value} {res.raw_status}"}
-                answer = await self._settle_locked(fact)
+                answer = await self._settle_locked(fact, cancel_answer=True)
                 return {**answer, "fact": fact.fact.value, "action": res.action}
         except PaycellError as e:
             return {"order_id": oid, "outcome": "unavailable", "detail": e.code}
 
-    async def _settle_locked(self, f: Settlement) -> dict[str, Any]:
-        """Apply one reconciled fact; the caller holds the order's lock."""
+    async def _settle_locked(self, f: Settlement, *, cancel_answer: bool = False
+                             ) -> dict[str, Any]:
+        """Apply one reconciled fact; the caller holds the order's lock. Once a cancel may
+        have reached the channel only the cancel's answer decides (as in _learn_locked): a
+        payment on the statement of such an order is answered `cancel_sent`, for the
+        reconciler to close it (reconcile_close), whose answer is then applied."""
         oid = f.order_id
         order = await self._load(oid)
         if order is None:
             return {"order_id": oid, "outcome": "unknown"}
+        if f.fact is Fact.PAID and order.cancel_sent and not order.status.is_final \
+                and not cancel_answer:
+            return {"order_id": oid, "outcome": "cancel_sent", "status": order.status.value}
         if f.fact is Fact.PAID and ((f.amount is not None and f.amount != order.amount)
                                     or (f.currency and f.currency != order.currency)):
             self.counters["fact_conflicts"] += 1
@@ -807,8 +817,7 @@ class OrderShard:
             log.error("order %s: reconciled %s contradicts %s; reported, not applied",
                       oid, f.fact.value, order.status.value, extra=self._ctx(oid, order.channel))
         if new is not order:
-            await self._store.commit(new)
-            self._remember(new)
+            await self._commit_or_forget(new)
         if new.status.is_final:
             self._cancel_attempts.pop(oid, None)
             waiting = self._sync_done.get(oid)
@@ -846,6 +855,15 @@ class OrderShard:
             outcome = Outcome.NOOP
         return {**answer, "outcome": outcome.value, "status": after.status.value,
                 "resolved_by": after.resolved_by.value if after.resolved_by else None}
+
+    async def _commit_or_forget(self, order: Order) -> None:
+        """Commit, then remember; a failed commit may have landed, so memory lets go."""
+        try:
+            await self._store.commit(order)
+        except PaycellError:
+            self._forget(order.order_id)
+            raise
+        self._remember(order)
 
     @staticmethod
     def _settled_answer(order: Order, outcome: Outcome) -> dict[str, Any]:

@@ -368,3 +368,9 @@ def test_a_plan_never_refunds_an_orders_own_payment_and_a_rerun_changes_nothing(
     assert kinds(again) == kinds(plan)
     assert [r.refund_id for r in again.refunds] == [r.refund_id for r in plan.refunds]
     assert {o.order_id for o in again.already_settled} == settled | closed
+
+
+def test_a_payment_of_an_order_a_cancel_was_sent_for_is_left_to_that_cancel() -> None:
+    o = order(oid(1), cancel_sent=True)
+    plan = run([pay(o.order_id)], [o])
+    assert plan.settle == [] and plan.close == [o] and plan.findings == []

@@ -741,3 +741,52 @@ async def test_pending_refunds_past_their_window_are_asked_for() -> None:
     assert (rec(w, o).refunded_amount, rec(w, o).refund_reserved) == (100, 400)
     c = report["counts"]
     assert (c["refunds_settled"], c["refunds_left_pending"]) == (2, 1)
+
+
+@pytest.mark.parametrize("reverses,status,code", [
+    (True, OrderStatus.CLOSED, "reversed_after_window"), (False, OrderStatus.SUCCEEDED, "")])
+async def test_a_paid_order_whose_cancel_was_sent_is_decided_by_the_cancel(
+        reverses: bool, status: OrderStatus, code: str) -> None:
+    w = World()
+    w.channel.reverses = reverses
+    o = w.order(cancel_sent=True)           # the shard's cancel went out; its answer was lost
+    w.channel.paid(o.order_id)
+    report = await w.run()
+    got = rec(w, o)
+    assert (got.status, got.resolved_by, got.failure_code) == (status, Rung.RECONCILE, code)
+    assert w.channel.cancels == [o.order_id]
+    assert report["counts"]["settled_" + ("closed" if reverses else "paid")] == 1
+
+
+async def test_a_cancel_sent_after_the_snapshot_still_decides() -> None:
+    """The matcher saw the order without cancel_sent; the shard refuses the statement's payment
+    and the same run closes it."""
+    w = World()
+    o = w.order()
+    w.channel.paid(o.order_id)
+    w.store.records[o.order_id] = replace(o, cancel_sent=True)   # the shard's cancel, meanwhile
+    stale = Orders(w.store)
+
+    async def get_many(order_ids: list[str]) -> dict[str, Order | None]:
+        return {oid: (o if oid == o.order_id else w.store.records.get(oid)) for oid in order_ids}
+    stale.get_many = get_many  # type: ignore[method-assign]
+    w.reconciler._orders = stale
+    report = await w.run()
+    assert w.channel.cancels == [o.order_id]
+    assert (rec(w, o).status, rec(w, o).failure_code) == (OrderStatus.CLOSED,
+                                                          "reversed_after_window")
+    assert report["counts"]["settled_closed"] == 1 and report["counts"]["errors"] == 0
+
+
+async def test_the_close_is_marked_sent_before_the_channel_sees_it() -> None:
+    w = World()
+    o = w.order()
+    seen: list[bool] = []
+    real = w.channel.cancel
+
+    async def cancel(order_id: str) -> ChannelResult:
+        seen.append(w.store.records[order_id].cancel_sent)
+        return await real(order_id)
+    w.channel.cancel = cancel  # type: ignore[method-assign]
+    await w.run()
+    assert seen == [True] and rec(w, o).status is OrderStatus.CLOSED
