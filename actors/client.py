@@ -12,7 +12,8 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
-from actors.names import shard_actor_name
+from actors.names import reconciler_actor_name, shard_actor_name
+from actors.reconcile_match import RefundSettlement, Settlement
 from channels.base import Notification
 from core.errors import Unavailable
 from core.order import CreateOrder
@@ -93,3 +94,44 @@ class ShardClient:
 
     async def ping(self, shard: int) -> dict[str, Any]:
         return await self._call(shard, "ping")
+
+    async def settle(self, shard: int, facts: list[Settlement]) -> list[dict[str, Any]]:
+        """Reconciliation facts for the shard to apply (OrderShard.settle)."""
+        result: list[dict[str, Any]] = await self._call(shard, "settle", facts)
+        return result
+
+    async def settle_refunds(self, shard: int, facts: list[RefundSettlement]
+                             ) -> list[dict[str, Any]]:
+        """Final refund statuses for the shard to apply (OrderShard.settle_refunds)."""
+        result: list[dict[str, Any]] = await self._call(shard, "settle_refunds", facts)
+        return result
+
+    async def reconcile_close(self, shard: int, order_ids: list[str]) -> list[dict[str, Any]]:
+        """Unpaid orders for the shard to close at the channel (OrderShard.reconcile_close)."""
+        result: list[dict[str, Any]] = await self._call(shard, "reconcile_close", order_ids)
+        return result
+
+
+class ReconcilerClient:
+    """What the gateway uses to reach the SET's Reconciler actor."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._name = reconciler_actor_name(settings.orders.set_name)
+        self._timeout_s = settings.gateway.shard_call_timeout_ms / 1000
+        self._handles = _Handles(settings.ray.namespace)
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        try:
+            ref = getattr(self._handles.get(self._name), method).remote(*args)
+            return await asyncio.wait_for(ref, self._timeout_s)
+        except asyncio.TimeoutError:
+            raise Unavailable("the reconciler did not answer in time", retry_after_s=1) from None
+        except _RAY_FAILURES as e:
+            self._handles.forget(self._name)
+            raise Unavailable(f"the reconciler is unavailable ({type(e).__name__})",
+                              retry_after_s=1) from None
+
+    async def start(self, channel: str, day: str) -> dict[str, Any]:
+        """Start (or join) the run of a channel's day; its report so far, or {"error": ...}."""
+        result: dict[str, Any] = await self._call("start", channel, day)
+        return result

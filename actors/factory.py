@@ -6,12 +6,15 @@ from typing import Any
 import ray
 import redis.asyncio as aioredis
 
-from actors.names import shard_actor_name
+from actors.names import reconciler_actor_name, shard_actor_name
 from actors.local_channels import LocalChannelPort
 from actors.merchant_notify import MerchantNotifier
+from actors.reconcile_store import OrderReader, RefundLog, ReportStore
+from actors.reconciler import Reconciler
 from actors.shard import OrderShard
 from actors.store import OrderStore
-from channels.registry import enabled_channels
+from channels.base import Connector
+from channels.registry import build_connector, enabled_channels
 from core.logs import configure as configure_logs
 from core.settings import Settings
 
@@ -57,9 +60,31 @@ class LiveOrderShard(OrderShard):
         self.node_id = ray.get_runtime_context().get_node_id()
 
 
+class LiveReconciler(Reconciler):
+    """The SET's Reconciler wired to Redis, the shard actors and its own channel connectors."""
+
+    def __init__(self, settings: Settings) -> None:
+        from actors.client import ShardClient
+        configure_logs(settings.log_level)
+        client = redis_client(settings)
+        set_name = settings.orders.set_name
+        connectors: dict[str, Connector] = {}
+
+        def connector_for(channel: str) -> Connector:
+            connector = connectors.get(channel)
+            if connector is None:    # its own HTTP session, opened inside the actor's loop
+                connector = connectors[channel] = build_connector(
+                    channel, settings, notify_url(settings, channel))
+            return connector
+        super().__init__(settings, channels=enabled_channels(settings),
+                         shards=ShardClient(settings), orders=OrderReader(client, settings),
+                         reports=ReportStore(client, set_name, settings.reconcile.report_ttl_days),
+                         refunds=RefundLog(client, set_name), connector_for=connector_for)
+
 
 def deploy(settings: Settings, timeout_s: float = 60) -> dict[str, Any]:
-    """Create (or find) the shard actors of this SET and wait until they answer.
+    """Create (or find) the shard actors and the reconciler of this SET and wait until they
+    answer.
 
     Sync, for drivers and launchers only (never call it from async code on the hot path).
     """
@@ -68,15 +93,20 @@ def deploy(settings: Settings, timeout_s: float = 60) -> dict[str, Any]:
     shards = [shard_cls.options(name=shard_actor_name(set_name, i), namespace=ns, **_COMMON)
               .remote(settings, i)
               for i in range(settings.orders.shard_count)]
+    reconciler_cls: Any = ray.remote(LiveReconciler)
+    reconciler = reconciler_cls.options(name=reconciler_actor_name(set_name), namespace=ns,
+                                        **_COMMON).remote(settings)
     pings = ray.get([a.ping.remote() for a in shards], timeout=timeout_s)
-    return {"shards": pings, "nodes": len({p.get("node", "") for p in pings})}
+    return {"shards": pings, "nodes": len({p.get("node", "") for p in pings}),
+            "reconciler": ray.get(reconciler.ping.remote(), timeout=timeout_s)}
 
 
 def teardown(settings: Settings) -> None:
     """Kill this SET's detached actors (tests and operators); state stays in Redis."""
     ns, set_name = settings.ray.namespace, settings.orders.set_name
-    for i in range(settings.orders.shard_count):
+    names = [shard_actor_name(set_name, i) for i in range(settings.orders.shard_count)]
+    for name in [*names, reconciler_actor_name(set_name)]:
         try:
-            ray.kill(ray.get_actor(shard_actor_name(set_name, i), namespace=ns), no_restart=True)
+            ray.kill(ray.get_actor(name, namespace=ns), no_restart=True)
         except ValueError:  # not there: nothing to kill
             pass

@@ -4,3 +4,7 @@ from __future__ import annotations
 
 def shard_actor_name(set_name: str, shard: int) -> str:
     return f"paycell.{set_name}.shard.{shard}"
+
+
+def reconciler_actor_name(set_name: str) -> str:
+    return f"paycell.{set_name}.reconciler"

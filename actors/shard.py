@@ -40,18 +40,20 @@ import orjson
 from actors.board import TaskBoard
 from actors.locks import KeyedLocks
 from actors.merchant_notify import MerchantNotifier
+from actors.reconcile_match import (CLOSED_CODE, REVERSED_CODE, RefundSettlement,
+                                    Settlement)
 from actors.refunds import QUERY as REFUND_QUERY, RefundDesk, RefundStorePort, refund_reply
 from actors.store import KeyTaken
 from channels.base import (Capabilities, ChargeRequest, ChannelError, ChannelResult, NotSent,
                            Notification, NotificationKind, OutcomeUnknown, RefundRequest,
-                           RefundResult)
+                           RefundResult, RefundStatus as ChannelRefundStatus)
 from core.clock import Clock, SystemClock
 from channels.routing import ChannelsBusy, NoChannel as NoChannelFits, Payment
 from core.errors import (IdempotencyConflict, NoChannel, Overloaded, PaycellError, RateLimited,
                          Unavailable)
 from core.ids import make_order_id
 from core.order import CreateOrder, Order
-from core.refund import CreateRefund
+from core.refund import CreateRefund, RefundStatus
 from core.settings import Settings
 from core.states import Fact, Outcome, Rung
 
@@ -734,6 +736,148 @@ class OrderShard:
         else:
             log.error("order %s: cancel failed %d times; left PENDING for reconciliation",
                       order.order_id, attempts, extra=self._ctx(order.order_id, order.channel))
+
+    # ------------------------------------------------------------------ batch rung: reconciliation
+    async def settle(self, facts: list[Settlement]) -> list[dict[str, Any]]:
+        """Payments the reconciler found on a channel's statement, applied with rung
+        `reconcile` through the same state machine: each under its order's lock, committed
+        before memory changes. One answer per fact: `outcome` moved, noop (already so, e.g.
+        resolved meanwhile by another rung), conflict (contradicts a final status or the
+        order's amount: reported, not applied), unknown (no such order) or unavailable (not
+        durable; the next run tries again)."""
+        await self.ensure_started()
+        return list(await asyncio.gather(*(self._settle_one(f) for f in facts)))
+
+    async def reconcile_close(self, order_ids: list[str]) -> list[dict[str, Any]]:
+        """Close orders the reconciler found unpaid past their window: under the order's lock,
+        the channel's cancel (the fence on the trade number), then what it says, with rung
+        `reconcile` (CLOSED, reversed_after_window when a payment was given back, or PAID
+        when the channel reports it paid). The lock is held across the cancel, so neither the
+        close notification the channel sends at once nor a late payment notification can
+        resolve the order in between. Answers as `settle`, plus `left_open` (the cancel did not
+        answer CLOSED or PAID: the next run tries again); an order already final is a noop."""
+        await self.ensure_started()
+        return list(await asyncio.gather(*(self._reconcile_close_one(oid) for oid in order_ids)))
+
+    async def _settle_one(self, f: Settlement) -> dict[str, Any]:
+        oid = f.order_id
+        try:
+            async with self._locks.hold(oid):
+                return await self._settle_locked(f)
+        except PaycellError as e:
+            return {"order_id": oid, "outcome": "unavailable", "detail": e.code}
+
+    async def _reconcile_close_one(self, oid: str) -> dict[str, Any]:
+        try:
+            async with self._locks.hold(oid):
+                order = await self._load(oid)
+                if order is None:
+                    return {"order_id": oid, "outcome": "unknown"}
+                if order.status.is_final:
+                    return self._settled_answer(order, Outcome.NOOP)
+                if not order.cancel_sent:    # durable before the channel sees it (as _cancel)
+                    fenced = replace(order, cancel_sent=True, updated_at=self._clock.time())
+                    await self._commit_or_forget(fenced)
+                try:
+                    async with self._channel_slots:
+                        res = await self._channels.cancel(order.channel, oid)
+                except (ChannelError, ValueError) as e:
+                    return {"order_id": oid, "outcome": "left_open",
+                            "detail": f"cancel: {type(e).__name__}"}
+                if res.fact is Fact.CLOSED:
+                    code = REVERSED_CODE if res.action == "refund" else CLOSED_CODE
+                    fact = Settlement(oid, Fact.CLOSED, res.channel_trade_no, failure_code=code)
+                elif res.fact is Fact.PAID:
+                    fact = Settlement(oid, Fact.PAID, res.channel_trade_no, res.amount,
+                                      res.currency)
+                else:
+                    return {"order_id": oid, "outcome": "left_open",
+                            "detail": f"cancel answered {res.fact.value} {res.raw_status}"}
+                answer = await self._settle_locked(fact, cancel_answer=True)
+                return {**answer, "fact": fact.fact.value, "action": res.action}
+        except PaycellError as e:
+            return {"order_id": oid, "outcome": "unavailable", "detail": e.code}
+
+    async def _settle_locked(self, f: Settlement, *, cancel_answer: bool = False
+                             ) -> dict[str, Any]:
+        """Apply one reconciled fact; the caller holds the order's lock. Once a cancel may
+        have reached the channel only the cancel's answer decides (as in _learn_locked): a
+        payment on the statement of such an order is answered `cancel_sent`, for the
+        reconciler to close it (reconcile_close), whose answer is then applied."""
+        oid = f.order_id
+        order = await self._load(oid)
+        if order is None:
+            return {"order_id": oid, "outcome": "unknown"}
+        if f.fact is Fact.PAID and order.cancel_sent and not order.status.is_final \
+                and not cancel_answer:
+            return {"order_id": oid, "outcome": "cancel_sent", "status": order.status.value}
+        if f.fact is Fact.PAID and ((f.amount is not None and f.amount != order.amount)
+                                    or (f.currency and f.currency != order.currency)):
+            self.counters["fact_conflicts"] += 1
+            log.error("order %s: reconciled payment %s %s differs; not applied", oid,
+                      f.amount, f.currency, extra=self._ctx(oid, order.channel))
+            return self._settled_answer(order, Outcome.CONFLICT)
+        new, decision = order.learn(f.fact, Rung.RECONCILE, self._clock.time(),
+                                    channel_trade_no=f.channel_trade_no,
+                                    failure_code=f.failure_code)
+        if decision.outcome is Outcome.CONFLICT:
+            self.counters["fact_conflicts"] += 1
+            log.error("order %s: reconciled %s contradicts %s; reported, not applied",
+                      oid, f.fact.value, order.status.value, extra=self._ctx(oid, order.channel))
+        if new is not order:
+            await self._commit_or_forget(new)
+        if new.status.is_final:
+            self._cancel_attempts.pop(oid, None)
+            waiting = self._sync_done.get(oid)
+            if waiting is not None:
+                waiting.set()
+        if decision.outcome is Outcome.MOVED:
+            self.counters["reconciled"] = self.counters.get("reconciled", 0) + 1
+        return self._settled_answer(new, decision.outcome)
+
+    async def settle_refunds(self, facts: list[RefundSettlement]) -> list[dict[str, Any]]:
+        """Final statuses the reconciler established for paycell's refunds (a refund line on
+        the statement, or the channel's refund query after the refund's window), applied by
+        the refund desk with rung `reconcile`: under the order's lock, the refund and its
+        order's refund sums committed together. Answers as `settle`."""
+        await self.ensure_started()
+        return list(await asyncio.gather(*(self._settle_refund(f) for f in facts)))
+
+    async def _settle_refund(self, f: RefundSettlement) -> dict[str, Any]:
+        answer: dict[str, Any] = {"refund_id": f.refund_id, "order_id": f.order_id}
+        try:
+            before = await self._refunds._load(f.refund_id)
+            result = RefundResult(ChannelRefundStatus(f.status.value), f.refund_id,
+                                  f.channel_refund_no, failure_code=f.failure_code)
+            after = await self._refunds._learn(f.refund_id, f.status, Rung.RECONCILE,
+                                               result=result)
+        except PaycellError as e:
+            return {**answer, "outcome": "unavailable", "detail": e.code}
+        if before is None or after is None or after.order_id != f.order_id:
+            return {**answer, "outcome": "unknown"}
+        if after.status is not f.status:
+            outcome = Outcome.CONFLICT
+        elif before.status is RefundStatus.PENDING and after.resolved_by is Rung.RECONCILE:
+            outcome = Outcome.MOVED
+        else:
+            outcome = Outcome.NOOP
+        return {**answer, "outcome": outcome.value, "status": after.status.value,
+                "resolved_by": after.resolved_by.value if after.resolved_by else None}
+
+    async def _commit_or_forget(self, order: Order) -> None:
+        """Commit, then remember; a failed commit may have landed, so memory lets go."""
+        try:
+            await self._store.commit(order)
+        except PaycellError:
+            self._forget(order.order_id)
+            raise
+        self._remember(order)
+
+    @staticmethod
+    def _settled_answer(order: Order, outcome: Outcome) -> dict[str, Any]:
+        return {"order_id": order.order_id, "outcome": outcome.value,
+                "status": order.status.value,
+                "resolved_by": order.resolved_by.value if order.resolved_by else None}
 
 
 class _ShardOrders:

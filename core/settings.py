@@ -255,6 +255,36 @@ class MerchantNotifySettings:
 
 
 @dataclass(frozen=True)
+class ReconcileSettings:
+    """Batch reconciliation against the channels' statements (actors/reconciler.py)."""
+    enabled: bool = True               # the scheduled runs (on-demand runs work either way)
+    run_at_utc: str = "02:30"          # daily at HH:MM UTC: the days_back days before today
+    days_back: int = 1                 # days the daily run covers (1: yesterday only)
+    interval_s: int = 0                # also reconcile today every interval_s (0: off); only for
+                                       # channels whose statement covers the day in progress
+    channels: str = ""                 # scheduled runs' channels, comma-separated; empty: every
+                                       # enabled one (on demand: any enabled channel)
+    statement_lag_s: int = 300         # a trade is on the channel's statement this long after it
+    channel_calls_inflight_max: int = 8   # cancel / query / refund calls of one run at once
+    actions_max: int = 10_000          # channel calls of one run; the rest wait for the next run
+    settle_batch_max: int = 256        # facts per shard call
+    scan_count: int = 1000             # Redis SCAN hint (keys per step) over a shard's orders
+    read_batch_max: int = 500          # order records per MGET
+    runs_inflight_max: int = 2         # runs at once (one per channel and day); more: 503
+    progress_interval_ms: int = 500    # a running report is saved this often
+    report_ttl_days: int = 400         # reports are kept in Redis this long
+    report_items_max: int = 1000       # entries per list of a report; the rest only counted
+
+
+@dataclass(frozen=True)
+class OpsSettings:
+    """Operator credentials for /v1/ops/...: requests are signed like merchant calls (API.md),
+    with this id and secret. The default secret is for local runs only: cluster mode refuses it."""
+    operator_id: str = "local-operator"
+    operator_secret: Secret = Secret("local-operator-secret")
+
+
+@dataclass(frozen=True)
 class SandboxSettings:
     start_local: bool = True
     host: str = "127.0.0.1"
@@ -282,6 +312,8 @@ class Settings:
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     merchant_notify: MerchantNotifySettings = field(default_factory=MerchantNotifySettings)
     sandbox: SandboxSettings = field(default_factory=SandboxSettings)
+    reconcile: ReconcileSettings = field(default_factory=ReconcileSettings)
+    ops: OpsSettings = field(default_factory=OpsSettings)
     apps: tuple[AppCredential, ...] = ()
 
     def alipay_gateway_url(self) -> str:
@@ -300,6 +332,7 @@ class Settings:
 CHANNEL_SECTIONS = ("alipay", "wechatpay", "stripe", "unionpay", "qpay", "paypal")
 
 DEMO_APPS = (AppCredential("demo-app", Secret("demo-secret")),)
+LOCAL_OPERATOR_SECRET = "local-operator-secret"
 
 
 def _convert(name: str, tp: Any, raw: Any) -> Any:
@@ -468,6 +501,7 @@ def validate(s: Settings) -> None:
     need(bool(s.apps), "apps: at least one merchant app is needed outside local mode")
     for a in s.apps:
         need(len(a.secret.reveal()) >= 8, f"apps[{a.app_id}].secret: at least 8 characters")
+    _validate_reconcile(s)
 
 
 def _validate_merchant_notify(m: MerchantNotifySettings, need: Any) -> None:
@@ -490,3 +524,28 @@ def _validate_merchant_notify(m: MerchantNotifySettings, need: Any) -> None:
     need(m.event_keep_s * 1000 > sum(waits) + m.lease_ms * (len(waits) + 1),
          "merchant_notify.event_keep_s: must outlast the whole retry schedule")
     need(m.dead_kept_max >= 1, "merchant_notify.dead_kept_max: must be >= 1")
+
+
+def _validate_reconcile(s: Settings) -> None:
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(msg)
+    rc, ops = s.reconcile, s.ops
+    hh, _, mm = rc.run_at_utc.partition(":")
+    need(len(hh) == 2 and len(mm) == 2 and hh.isdigit() and mm.isdigit()
+         and int(hh) < 24 and int(mm) < 60, "reconcile.run_at_utc: HH:MM (UTC)")
+    need(1 <= rc.days_back <= 31, "reconcile.days_back: must be 1..31")
+    need(rc.interval_s == 0 or rc.interval_s >= 1, "reconcile.interval_s: >= 0 (0: off)")
+    unknown = sorted(set(rc.channels.split(",")) - set(CHANNEL_SECTIONS) - {""})
+    need(not unknown, f"reconcile.channels: unknown channel(s) {unknown}")
+    need(rc.statement_lag_s >= 0, "reconcile.statement_lag_s: must be >= 0")
+    for name in ("channel_calls_inflight_max", "actions_max", "settle_batch_max", "scan_count",
+                 "read_batch_max", "runs_inflight_max", "progress_interval_ms",
+                 "report_ttl_days", "report_items_max"):
+        need(getattr(rc, name) >= 1, f"reconcile.{name}: must be >= 1")
+    need(bool(ops.operator_id) and ops.operator_id not in {a.app_id for a in s.apps},
+         "ops.operator_id: must be set and differ from every merchant app id")
+    need(len(ops.operator_secret.reveal()) >= 16, "ops.operator_secret: at least 16 characters")
+    if s.mode == "cluster":
+        need(ops.operator_secret.reveal() != LOCAL_OPERATOR_SECRET,
+             "ops.operator_secret: the local default is for local mode only")

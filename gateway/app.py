@@ -16,6 +16,7 @@ from gateway.batcher import ShardBatcher
 from gateway.finals import FinalOrders
 from gateway.metrics import GatewayMetrics
 from gateway.middlewares import request_context
+from gateway.ops import add_ops_routes
 from gateway.routes import add_routes
 
 log = logging.getLogger("paycell.gateway")
@@ -87,6 +88,7 @@ def create_app(settings: Settings, *, shards: Any = None, nonces: Any = None, re
 
     app.cleanup_ctx.append(resources)
     add_routes(app)
+    add_ops_routes(app)
     return app
 
 

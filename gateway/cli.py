@@ -5,6 +5,9 @@
   paycell curl               print a ready-to-paste signed curl command for POST /v1/orders
   paycell get ORDER_ID       fetch an order
   paycell config             print the effective settings (YAML, secrets masked)
+  paycell reconcile --channel alipay [--date YYYY-MM-DD]
+                             reconcile a channel's day through the running gateway (operator
+                             credentials from ops.*), print progress and the report
 """
 from __future__ import annotations
 
@@ -170,6 +173,64 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_line(report: dict[str, Any]) -> str:
+    c = report["counts"]
+    return (f"[{report['status']}/{report['phase']}] lines parsed {c['lines_parsed']}, "
+            f"matched {c['matched']}, settled {c['settled_paid'] + c['settled_closed']} "
+            f"(already {c['already_settled']}), refunds {c['refunds_sent']}, "
+            f"mismatches {c['mismatches']}, errors {c['errors']}")
+
+
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    """POST the run, poll its report (printing progress as it changes), print the summary."""
+    import time
+    from datetime import datetime, timedelta, timezone
+    from urllib.parse import quote
+
+    import orjson
+
+    from core.settings import load_settings
+    from gateway.client import PaycellClient
+    settings = load_settings(args.config)
+    url = args.url or settings.gateway.base_url()
+    operator = args.operator or settings.ops.operator_id
+    secret = settings.ops.operator_secret.reveal()
+    day = args.date or (datetime.now(timezone.utc).date() - timedelta(days=1)).isoformat()
+    path = f"/v1/ops/reconciliation/{quote(args.channel, safe='')}/{quote(day, safe='')}"
+
+    async def run() -> int:
+        async with PaycellClient(url, operator, secret) as c:
+            status, report, _ = await c.request("POST", path, None)
+            if status not in (200, 202):
+                print(f"paycell: {status} {report.get('detail', report)}", file=sys.stderr)
+                return 1
+            run_no, last = report["run"], ""
+            deadline = time.monotonic() + args.timeout
+            while True:
+                line = _progress_line(report)
+                if line != last:
+                    print(line, flush=True)
+                    last = line
+                if report["status"] != "running" and report["run"] >= run_no:
+                    break
+                if time.monotonic() > deadline:
+                    print(f"paycell: still running after {args.timeout} s; see GET {path}",
+                          file=sys.stderr)
+                    return 1
+                await asyncio.sleep(args.poll)
+                status, report, _ = await c.request("GET", path, None)
+                if status != 200:
+                    print(f"paycell: {status} {report.get('detail', report)}", file=sys.stderr)
+                    return 1
+            if args.json:
+                print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+            else:
+                _, text, _ = await c.request("GET", path + "?format=text", None)
+                print(text.get("text", ""), end="")
+            return 0 if report["status"] == "complete" else 1
+    return asyncio.run(run())
+
+
 def main(argv: list[str] | None = None) -> int:
     for k, v in _LOOPBACK_ENV.items():  # before anything imports ray
         os.environ.setdefault(k, v)
@@ -195,6 +256,16 @@ def main(argv: list[str] | None = None) -> int:
             sp.add_argument("--type", choices=("barcode", "app", "native"),
                             help="payment type without --card (default barcode)")
         sp.set_defaults(fn=fn)
+    rp = sub.add_parser("reconcile", help="reconcile a channel's day (operator credentials)")
+    rp.add_argument("--channel", required=True)
+    rp.add_argument("--date", help="YYYY-MM-DD, a UTC day (default: yesterday)")
+    rp.add_argument("--url", help="the gateway (default: gateway.* settings)")
+    rp.add_argument("--operator", help="operator id (default: ops.operator_id); the secret is "
+                                       "ops.operator_secret (PAYCELL_OPS__OPERATOR_SECRET)")
+    rp.add_argument("--poll", type=float, default=0.5, help="seconds between progress polls")
+    rp.add_argument("--timeout", type=float, default=600.0, help="give up waiting after this")
+    rp.add_argument("--json", action="store_true", help="print the JSON report, not the summary")
+    rp.set_defaults(fn=cmd_reconcile)
     args = p.parse_args(argv)
     from core.errors import ConfigError
     try:

@@ -114,7 +114,8 @@ def test_retry_schedule_and_defaults() -> None:
 def test_cluster_mode_refuses_private_targets_unless_set() -> None:
     base = {"mode": "cluster", "redis": {"url": "redis://10.0.0.5:6379/0"},
             "ray": {"address": "10.0.0.6:6379"},
-            "apps": [{"app_id": "shop", "secret": "0123456789"}]}
+            "apps": [{"app_id": "shop", "secret": "0123456789"}],
+            "ops": {"operator_secret": "a-real-operator-secret"}}
     assert load_settings(env={}, overrides=base).merchant_notify.allow_private_targets is False
     opened = load_settings(env={"PAYCELL_MERCHANT_NOTIFY__ALLOW_PRIVATE_TARGETS": "true"},
                            overrides=base)

@@ -1,0 +1,104 @@
+"""Operator routes under /v1/ops (API.md, "Operations"): reconciliation reports and runs.
+
+Operators sign their requests exactly as merchant apps do (X-Paycell-App / -Timestamp / -Nonce /
+-Signature, API.md), with `ops.operator_id` and `ops.operator_secret`. The two credential sets are
+separate: a merchant app's signature is refused here (401) and the operator is no merchant app.
+Authentication comes first, so nothing about channels or reports leaks to an unsigned caller.
+
+  GET  /v1/ops/reconciliation/{channel}/{date}              the day's last report (JSON)
+  GET  /v1/ops/reconciliation/{channel}/{date}?format=text  the same as a readable summary
+  POST /v1/ops/reconciliation/{channel}/{date}              run it, or join the run in progress:
+                                                            202 with the report so far
+"""
+from __future__ import annotations
+
+from typing import Any, AsyncIterator, Protocol
+
+import orjson
+from aiohttp import web
+
+from actors.reconcile_report import render_text
+from actors.reconcile_store import ReportStore
+from actors.reconciler import parse_day
+from core.errors import NotFound, ValidationError, error_for_code
+from gateway import keys
+from gateway.auth import authenticate
+
+PATH = "/v1/ops/reconciliation/{channel}/{date}"
+FORMATS = ("json", "text")
+
+
+class ReconcilerPort(Protocol):
+    """actors.client.ReconcilerClient, or a test double."""
+    async def start(self, channel: str, day: str) -> dict[str, Any]: ...
+
+
+class ReportsPort(Protocol):
+    async def load(self, channel: str, day: str) -> dict[str, Any] | None: ...
+
+
+RECONCILER = web.AppKey("reconciler", ReconcilerPort)
+REPORTS = web.AppKey("reconciliation_reports", ReportsPort)
+
+
+async def _operator(request: web.Request, body: bytes) -> None:
+    app = request.app
+    s = app[keys.SETTINGS]
+    await authenticate(request.headers, request.method, request.raw_path, body,
+                       {s.ops.operator_id: s.ops.operator_secret.reveal()}, app[keys.NONCES],
+                       app[keys.CLOCK].time(), s.gateway.auth_window_s)
+
+
+def _target(request: web.Request) -> tuple[str, str]:
+    channel, day = request.match_info["channel"], request.match_info["date"]
+    if channel not in request.app[keys.NOTIFIERS]:
+        raise NotFound("no such channel")
+    parse_day(day, request.app[keys.CLOCK].now().date())
+    return channel, day
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+async def get_reconciliation(request: web.Request) -> web.Response:
+    await _operator(request, b"")
+    channel, day = _target(request)
+    fmt = request.query.get("format", "json")
+    if fmt not in FORMATS:
+        raise ValidationError("format must be json or text", field="format")
+    report = await request.app[REPORTS].load(channel, day)
+    if report is None:
+        raise NotFound(f"no reconciliation of {channel} for {day} yet (POST runs it)")
+    if fmt == "text":
+        return web.Response(text=render_text(report), content_type="text/plain")
+    return _json(report)
+
+
+async def run_reconciliation(request: web.Request) -> web.Response:
+    body = await request.read()
+    await _operator(request, body)
+    channel, day = _target(request)
+    reply = await request.app[RECONCILER].start(channel, day)
+    if "error" in reply:
+        raise error_for_code(reply["error"], reply.get("detail", ""), reply.get("retry_after_s"))
+    response = _json(reply, 202 if reply["status"] == "running" else 200)
+    response.headers["Location"] = request.path
+    return response
+
+
+def add_ops_routes(app: web.Application) -> None:
+    """The operator routes, and their resources (unless a test injected them)."""
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        settings = app[keys.SETTINGS]
+        if REPORTS not in app:
+            app[REPORTS] = ReportStore(app[keys.REDIS], settings.orders.set_name,
+                                       settings.reconcile.report_ttl_days)
+        if RECONCILER not in app:
+            from actors.client import ReconcilerClient
+            app[RECONCILER] = ReconcilerClient(settings)
+        yield
+
+    app.cleanup_ctx.append(resources)
+    app.router.add_get(PATH, get_reconciliation, name="ops_reconciliation_get")
+    app.router.add_post(PATH, run_reconciliation, name="ops_reconciliation_run")

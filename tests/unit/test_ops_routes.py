@@ -1,0 +1,152 @@
+"""/v1/ops/reconciliation over HTTP (aiohttp's test server), with the reconciler and the report
+store replaced by doubles: operator credentials, validation, JSON and text reports, runs."""
+from __future__ import annotations
+
+from typing import Any, AsyncIterator
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from actors.reconcile_report import Run
+from core.clock import FakeClock
+from core.settings import load_settings
+from gateway.app import create_app
+from gateway.auth import MemoryNonceStore
+from gateway.client import signed_headers
+from gateway.ops import RECONCILER, REPORTS
+
+NOW = 1_795_665_600.0          # 2026-11-26T04:00:00Z
+PATH = "/v1/ops/reconciliation/alipay/2026-11-25"
+OPERATOR, SECRET = "local-operator", "local-operator-secret"
+
+
+class Shards:
+    """No order goes through these tests; the gateway only needs the methods to exist."""
+    async def ping(self, shard: int) -> dict[str, Any]:
+        return {}
+
+    async def submit(self, shard: int, tickets: Any, cmds: Any) -> list[Any]:
+        raise AssertionError("no orders here")
+
+    async def await_replies(self, shard: int, tickets: Any) -> dict[str, Any]:
+        raise AssertionError("no orders here")
+
+    async def notify_many(self, shard: int, tickets: Any, notes: Any) -> list[Any]:
+        raise AssertionError("no orders here")
+
+
+class Reconciler:
+    def __init__(self) -> None:
+        self.started: list[tuple[str, str]] = []
+        self.answer: dict[str, Any] | None = None
+
+    async def start(self, channel: str, day: str) -> dict[str, Any]:
+        self.started.append((channel, day))
+        if self.answer is not None:
+            return self.answer
+        return _report(status="running")
+
+
+class Reports:
+    def __init__(self) -> None:
+        self.reports: dict[tuple[str, str], dict[str, Any]] = {}
+
+    async def load(self, channel: str, day: str) -> dict[str, Any] | None:
+        return self.reports.get((channel, day))
+
+
+def _report(status: str = "complete") -> dict[str, Any]:
+    from datetime import date
+    run = Run("alipay", date(2026, 11, 25), "local", "s0", 1, NOW - 5)
+    run.count("lines_parsed", 12)
+    run.count("matched", 11)
+    if status == "complete":
+        run.finish(NOW)
+    return run.to_json()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[tuple[TestClient, Reconciler, Reports]]:
+    settings = load_settings(env={})
+    app = create_app(settings, shards=Shards(), nonces=MemoryNonceStore(1000), redis=object(),
+                     clock=FakeClock(NOW))
+    reconciler, reports = Reconciler(), Reports()
+    app[RECONCILER] = reconciler
+    app[REPORTS] = reports
+    async with TestClient(TestServer(app)) as c:
+        yield c, reconciler, reports
+
+
+def _signed(method: str, path: str, app_id: str = OPERATOR,
+            secret: str = SECRET) -> dict[str, str]:
+    return signed_headers(app_id, secret, method, path, b"", now=NOW)
+
+
+async def test_no_credentials_or_a_merchants_are_refused(client: Any) -> None:
+    c, reconciler, reports = client
+    reports.reports[("alipay", "2026-11-25")] = _report()
+    for headers in ({}, _signed("GET", PATH, "demo-app", "demo-secret"),
+                    _signed("GET", PATH, OPERATOR, "wrong-secret-0123456")):
+        r = await c.get(PATH, headers=headers)
+        assert r.status == 401, headers
+        assert (await r.json())["code"] == "unauthenticated"
+    r = await c.post(PATH, headers=_signed("POST", PATH, "demo-app", "demo-secret"))
+    assert r.status == 401 and reconciler.started == []
+    r = await c.get("/v1/ops/reconciliation/nochannel/bad-day")   # auth before anything else
+    assert r.status == 401
+
+
+async def test_a_stored_report_as_json_and_as_text(client: Any) -> None:
+    c, _, reports = client
+    reports.reports[("alipay", "2026-11-25")] = _report()
+    r = await c.get(PATH, headers=_signed("GET", PATH))
+    assert r.status == 200 and r.content_type == "application/json"
+    body = await r.json()
+    assert (body["status"], body["counts"]["lines_parsed"], body["counts"]["matched"]) == (
+        "complete", 12, 11)
+    r = await c.get(PATH + "?format=text", headers=_signed("GET", PATH + "?format=text"))
+    text = await r.text()
+    assert r.status == 200 and r.content_type == "text/plain"
+    assert text.startswith("Reconciliation of alipay for 2026-11-25") and "11 matched" in text
+
+
+async def test_a_nonce_is_not_accepted_twice(client: Any) -> None:
+    c, _, reports = client
+    reports.reports[("alipay", "2026-11-25")] = _report()
+    headers = _signed("GET", PATH)
+    assert (await c.get(PATH, headers=headers)).status == 200
+    assert (await c.get(PATH, headers=headers)).status == 401
+
+
+@pytest.mark.parametrize("path,status,code", [
+    ("/v1/ops/reconciliation/alipay/2026-11-24", 404, "not_found"),      # no report yet
+    ("/v1/ops/reconciliation/visa/2026-11-25", 404, "not_found"),
+    ("/v1/ops/reconciliation/alipay/2026-02-30", 400, "invalid_request"),
+    ("/v1/ops/reconciliation/alipay/20261125", 400, "invalid_request"),
+    ("/v1/ops/reconciliation/alipay/2026-11-27", 400, "invalid_request"),  # future
+    (PATH + "?format=pdf", 400, "invalid_request"),
+])
+async def test_bad_requests_are_clear_4xx(client: Any, path: str, status: int, code: str) -> None:
+    c, _, _ = client
+    r = await c.get(path, headers=_signed("GET", path))
+    assert r.status == status and (await r.json())["code"] == code
+
+
+async def test_post_starts_the_run(client: Any) -> None:
+    c, reconciler, _ = client
+    r = await c.post(PATH, headers=_signed("POST", PATH))
+    assert r.status == 202 and r.headers["Location"] == PATH
+    assert (await r.json())["status"] == "running"
+    assert reconciler.started == [("alipay", "2026-11-25")]
+    bad = "/v1/ops/reconciliation/alipay/2026-11-31"
+    assert (await c.post(bad, headers=_signed("POST", bad))).status == 400
+    assert reconciler.started == [("alipay", "2026-11-25")]
+
+
+async def test_a_refused_run_is_a_problem(client: Any) -> None:
+    c, reconciler, _ = client
+    reconciler.answer = {"error": "overloaded", "detail": "2 runs in progress",
+                         "retry_after_s": 5}
+    r = await c.post(PATH, headers=_signed("POST", PATH))
+    assert r.status == 503 and r.headers["Retry-After"] == "5"
+    assert (await r.json())["detail"] == "2 runs in progress"
