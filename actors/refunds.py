@@ -32,6 +32,7 @@ import random
 from collections import OrderedDict
 from typing import Any, Awaitable, Protocol
 
+from actors.deadlines import wait_for_sync
 from actors.locks import KeyedLocks
 from actors.store import RefundBase, RefundRefused
 from channels.base import (Capabilities, ChannelError, Notification, NotSent, RefundRequest,
@@ -186,17 +187,9 @@ class RefundDesk:
         """The refund for `cmd` (created, or the same one replayed) as it is once its first
         call answered or the sync deadline passed; PaycellError when refused."""
         refund = await self._create_or_replay(cmd)
-        budget_s = self._s.refund_sync_deadline_ms / 1000
-        deadline = min((cmd.received_at or refund.created_at) + budget_s,
-                       self._clock.time() + budget_s)
-        done = self._sync_done.get(refund.refund_id)
-        if done is not None:
-            remaining = deadline - self._clock.time()
-            if remaining > 0:
-                try:
-                    await asyncio.wait_for(done.wait(), remaining)
-                except asyncio.TimeoutError:
-                    pass
+        await wait_for_sync(self._sync_done.get(refund.refund_id),
+                            cmd.received_at or refund.created_at,
+                            self._s.refund_sync_deadline_ms / 1000, self._clock)
         return self._cached(refund.refund_id) or refund
 
     async def _create_or_replay(self, cmd: CreateRefund) -> Refund:

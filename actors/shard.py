@@ -38,6 +38,7 @@ from typing import Any, Protocol
 import orjson
 
 from actors.board import TaskBoard
+from actors.deadlines import wait_for_sync
 from actors.locks import KeyedLocks
 from actors.merchant_notify import MerchantNotifier
 from actors.reconcile_match import (CLOSED_CODE, REVERSED_CODE, RefundSettlement,
@@ -328,19 +329,9 @@ class OrderShard:
                           known: dict[tuple[str, str], Order | None]) -> dict[str, Any]:
         try:
             order = await self._create_or_replay(cmd, known)
-            # The client's deadline runs from when the gateway received the request (bounded by
-            # our own clock, in case the gateway's is ahead).
-            budget_s = self._s.sync_deadline_ms / 1000
-            deadline = min((cmd.received_at or order.created_at) + budget_s,
-                           self._clock.time() + budget_s)
-            done = self._sync_done.get(order.order_id)
-            if done is not None:
-                remaining = deadline - self._clock.time()
-                if remaining > 0:
-                    try:
-                        await asyncio.wait_for(done.wait(), remaining)
-                    except asyncio.TimeoutError:
-                        pass
+            await wait_for_sync(self._sync_done.get(order.order_id),
+                                cmd.received_at or order.created_at,
+                                self._s.sync_deadline_ms / 1000, self._clock)
             current = self._cached(order.order_id) or order
             return reply_for(current)
         except PaycellError as e:
