@@ -105,6 +105,7 @@ LADDER_DRAIN_S = 45.0        # the ladder's time to make every order final befor
 POLL_EVERY_S = 0.5
 READY_TIMEOUT_S = 120.0
 RECONCILE_TIMEOUT_S = 60.0
+RECONCILE_503_RETRIES = 10
 STOP_TIMEOUT_S = 30.0
 
 SHARD_KILL_EVERY_S = 3.0
@@ -521,10 +522,17 @@ def injectors(scenario: str, stack: ChaosStack, h: History, faults: Faults,
 
 # ---- reconcile -------------------------------------------------------------------------------
 
-async def reconcile(url: str, channel: str, day: str) -> dict[str, Any]:
+async def reconcile(url: str, channel: str, day: str, unavailable: list[str]) -> dict[str, Any]:
+    """Run the reconciler for one channel and day to its end; 503s (retried) go to
+    ``unavailable``."""
     path = f"/v1/ops/reconciliation/{channel}/{day}"
     async with PaycellClient(url, OPERATOR_ID, OPERATOR_SECRET) as ops:
-        status, report, _ = await ops.request("POST", path, None)
+        for _ in range(RECONCILE_503_RETRIES):
+            status, report, _ = await ops.request("POST", path, None)
+            if status != 503:
+                break
+            unavailable.append(f"{channel}: {report.get('detail', '')}")
+            await asyncio.sleep(1.0)       # as an operator would: 503 says try again
         if status not in (200, 202):
             raise RuntimeError(f"reconcile {channel}: {status} {report}")
         run = report["run"]
@@ -535,6 +543,9 @@ async def reconcile(url: str, channel: str, day: str) -> dict[str, Any]:
                                    f"{RECONCILE_TIMEOUT_S:.0f} s")
             await asyncio.sleep(0.5)
             status, report, _ = await ops.request("GET", path, None)
+            if status == 503:
+                unavailable.append(f"{channel}: {report.get('detail', '')}")
+                report = {"status": "running", "run": run}
         return report
 
 
@@ -687,11 +698,11 @@ async def drive(stack: ChaosStack, scenario: str, rate: float, duration_s: float
         ladder_s = time.monotonic() - t_drain
         books = await ledgers(http, stack.sandbox_url)
         v = check(h, found, books)
-        cycles, reports = 0, []
+        cycles, reports, unavailable = 0, [], []
         while cycles < cycles_max and (v["not_final"] or v["mismatch"] or v["wrong_total"]):
             cycles += 1
             for ch in RECONCILE_CHANNELS:
-                r = await reconcile(stack.url, ch, day)
+                r = await reconcile(stack.url, ch, day, unavailable)
                 reports.append({"cycle": cycles, "channel": ch, "status": r.get("status"),
                                 "counts": r.get("counts", r.get("summary"))})
             found = await lookup(client, keys)
@@ -700,7 +711,7 @@ async def drive(stack: ChaosStack, scenario: str, rate: float, duration_s: float
         # one more run of the reconciler on the drained state: it must change nothing
         after = []
         for ch in RECONCILE_CHANNELS:
-            r = await reconcile(stack.url, ch, day)
+            r = await reconcile(stack.url, ch, day, unavailable)
             after.append({"channel": ch, "status": r.get("status")})
         found2 = await lookup(client, keys)
         books = await ledgers(http, stack.sandbox_url)
@@ -728,7 +739,7 @@ async def drive(stack: ChaosStack, scenario: str, rate: float, duration_s: float
         "load_s": round(load_s, 1), "clients_done_s": round(clients_done_s, 1),
         "ladder_drain_s": round(ladder_s, 1), "reconcile_cycles_to_drain": cycles,
         "reconcile_cycles_max": cycles_max, "reconcile_reports": reports,
-        "reconcile_after": after,
+        "reconcile_after": after, "reconcile_503": unavailable,
         "violations": {k: len(x) for k, x in v.items()},
         "violation_examples": {k: x[:10] for k, x in v.items() if x},
         "history": [asdict(a) for a in h.attempts],
