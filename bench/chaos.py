@@ -39,7 +39,8 @@ Faults (a seeded schedule; ``--seed`` makes it the same run again):
                   data and ports while clients keep retrying the same keys
   node_loss       two Ray nodes on loopback (PAYCELL_RAY__LOCAL_NODES=2); the second node's raylet
                   is SIGKILLed, its actors restart on the head
-  mixed           all of the above at once (node_loss included), at lower frequencies
+  mixed           all of the above at once (node_loss included), process faults less often
+  a+b             the named ones at once (e.g. shard_kill+channel_faults+notify_faults)
 
 After the load, faults stop (knobs back to none, Redis running, the gateway up), then the drain:
 the ladder (sync -> notify -> query) gets up to ``LADDER_DRAIN_S`` for every known order to be
@@ -251,14 +252,24 @@ class ChaosStack:
         raylets = sorted((p for p in self.tree() if _name(p) == "raylet"), key=_ctime)
         return raylets[-1].pid if len(raylets) >= 2 else None
 
-    def kill_node(self) -> bool:
+    def kill_node(self) -> list[str] | None:
+        """SIGKILL the second node's raylet; the paycell actors it hosted (None: no second
+        node)."""
         pid = self.second_raylet()
-        return pid is not None and _kill(pid)
+        if pid is None:
+            return None
+        try:
+            hosted = [_title(c)[len("ray::"):].split(".")[0].split(" ")[0]
+                      for c in psutil.Process(pid).children(recursive=True)
+                      if _title(c).startswith("ray::Live")]
+        except psutil.NoSuchProcess:
+            return None
+        return hosted if _kill(pid) else None
 
 
 def _name(p: psutil.Process) -> str:
     try:
-        return p.name()
+        return str(p.name())
     except psutil.Error:
         return ""
 
@@ -273,7 +284,7 @@ def _title(p: psutil.Process) -> str:
 
 def _ctime(p: psutil.Process) -> float:
     try:
-        return p.create_time()
+        return float(p.create_time())
     except psutil.Error:
         return 0.0
 
@@ -391,7 +402,7 @@ async def place(client: PaycellClient, h: History, body: dict[str, Any],
     while True:
         n += 1
         t, t_mono = h.now(), time.monotonic()
-        status, reply, error = 0, {}, ""
+        status, reply, error = 0, dict[str, Any](), ""
         try:
             status, reply = await client.create_order(body)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
@@ -444,20 +455,31 @@ async def every(period_s: float, until: float, rng: random.Random,
         await asyncio.sleep(period_s * rng.uniform(0.5, 1.5))
 
 
-def injectors(scenario: str, stack: ChaosStack, h: History, faults: Faults,
+def kinds_of(scenario: str) -> frozenset[str]:
+    """The fault kinds of a scenario: one name, ``mixed`` (all), or names joined by ``+``."""
+    if scenario == "mixed":
+        return frozenset(SCENARIOS) - {"mixed"}
+    kinds = frozenset(scenario.split("+"))
+    unknown = kinds - set(SCENARIOS) - {"mixed"}
+    if unknown or "mixed" in kinds:
+        raise ValueError(f"unknown scenario part(s) {sorted(unknown)}; known: {SCENARIOS}")
+    return kinds
+
+
+def injectors(kinds: frozenset[str], stack: ChaosStack, h: History, faults: Faults,
               http: aiohttp.ClientSession, client: PaycellClient, rng: random.Random,
               until: float) -> list[Awaitable[None]]:
-    mixed = scenario == "mixed"
+    mixed = len(kinds & {"shard_kill", "redis_kill", "gateway_kill", "node_loss"}) > 1
     slower = MIXED_SLOWER if mixed else 1.0
     jobs: list[Awaitable[None]] = []
 
-    if scenario in ("shard_kill", "mixed"):
+    if "shard_kill" in kinds:
         async def shard() -> None:
             if stack.kill_shard(rng):
                 faults.add(h, "shard_killed")
         jobs.append(every(SHARD_KILL_EVERY_S * slower, until, rng, shard))
 
-    if scenario in ("redis_kill", "mixed"):
+    if "redis_kill" in kinds:
         async def redis() -> None:
             if rng.random() < 0.5:
                 stack.kill_redis()
@@ -471,7 +493,7 @@ def injectors(scenario: str, stack: ChaosStack, h: History, faults: Faults,
                 stack.pause_redis(False)
         jobs.append(every(REDIS_FAULT_EVERY_S * slower, until, rng, redis, first_s=2.0))
 
-    if scenario in ("gateway_kill", "mixed"):
+    if "gateway_kill" in kinds:
         async def gateway() -> None:
             stack.kill_gateway()
             faults.add(h, "gateway_killed")
@@ -481,16 +503,19 @@ def injectors(scenario: str, stack: ChaosStack, h: History, faults: Faults,
         period = GATEWAY_KILL_EVERY_S * (1.5 if mixed else 1.0)
         jobs.append(every(period, until, rng, gateway, first_s=period / 3))
 
-    if scenario in ("node_loss", "mixed"):
+    if "node_loss" in kinds:
         async def node() -> None:
             await asyncio.sleep(NODE_LOSS_AT_S)
-            if stack.kill_node():
+            hosted = stack.kill_node()
+            if hosted is not None:
                 faults.add(h, "node_lost")
+                for actor in hosted:
+                    faults.add(h, f"node_lost_actor_{actor}")
             else:
                 faults.add(h, "node_loss_no_second_node")
         jobs.append(node())
 
-    if scenario in ("notify_faults", "mixed"):
+    if "notify_faults" in kinds:
         refunded: set[str] = set()
 
         async def replay_one() -> None:
@@ -585,13 +610,13 @@ def check(h: History, found: dict[str, dict[str, Any]],
             v["not_final"].append(oid)
             continue
         kept = int(o["amount"]) - int(o.get("refunded_amount", 0))
-        taken = net.get(oid, {})
+        on = net.get(oid, {})
         if status == "SUCCEEDED":
             order_money[o["currency"]] = order_money.get(o["currency"], 0) + kept
-            if taken.get(o.get("channel", ""), 0) != kept or sum(taken.values()) != kept:
-                v["mismatch"].append((oid, status, taken))
-        elif any(taken.values()):
-            v["mismatch"].append((oid, status, taken))
+            if on.get(o.get("channel", ""), 0) != kept or sum(on.values()) != kept:
+                v["mismatch"].append((oid, status, on))
+        elif any(on.values()):
+            v["mismatch"].append((oid, status, on))
     for cur in sorted(set(ledger_money) | set(order_money)):
         if ledger_money.get(cur, 0) != order_money.get(cur, 0):
             v["wrong_total"].append({"currency": cur, "ledger": ledger_money.get(cur, 0),
@@ -654,18 +679,19 @@ async def drive(stack: ChaosStack, scenario: str, rate: float, duration_s: float
     async with aiohttp.ClientSession(timeout=timeout) as http, \
             PaycellClient(stack.url, APP_ID, APP_SECRET, session=http,
                           timeout_s=REQUEST_TIMEOUT_S) as client:
+        kinds = kinds_of(scenario)
         knobs: dict[str, Any] = {}
-        if scenario in ("channel_faults", "mixed"):
+        if "channel_faults" in kinds:
             knobs |= CHANNEL_KNOBS
-        if scenario in ("notify_faults", "mixed"):
+        if "notify_faults" in kinds:
             knobs |= NOTIFY_KNOBS
         if knobs:
             await set_knobs(http, stack.sandbox_url, knobs)
         start = time.monotonic()
         until = start + duration_s
         tasks: list[asyncio.Task[None]] = []
-        fault_tasks = [asyncio.create_task(j) for j in  # type: ignore[arg-type]
-                       injectors(scenario, stack, h, faults, http, client, fault_rng, until)]
+        fault_tasks = [asyncio.ensure_future(j) for j in
+                       injectors(kinds, stack, h, faults, http, client, fault_rng, until)]
         i = 0
         while time.monotonic() < until:
             delay = start + i / rate - time.monotonic()
@@ -698,7 +724,7 @@ async def drive(stack: ChaosStack, scenario: str, rate: float, duration_s: float
         ladder_s = time.monotonic() - t_drain
         books = await ledgers(http, stack.sandbox_url)
         v = check(h, found, books)
-        cycles, reports, unavailable = 0, [], []
+        cycles, reports, unavailable = 0, [], list[str]()
         while cycles < cycles_max and (v["not_final"] or v["mismatch"] or v["wrong_total"]):
             cycles += 1
             for ch in RECONCILE_CHANNELS:
@@ -749,7 +775,7 @@ async def drive(stack: ChaosStack, scenario: str, rate: float, duration_s: float
 def run_scenario(scenario: str, rate: float, duration_s: float, seed: int,
                  cycles_max: int = DEFAULT_CYCLES, work: Path | None = None) -> dict[str, Any]:
     """Start a fresh stack, run one scenario, always stop the stack."""
-    nodes = 2 if scenario in ("node_loss", "mixed") else 1
+    nodes = 2 if "node_loss" in kinds_of(scenario) else 1
     with tempfile.TemporaryDirectory(prefix=f"paycell-chaos-{scenario}-",
                                      dir=work) as tmp:
         stack = ChaosStack(Path(tmp), seed, local_nodes=nodes)
@@ -790,7 +816,8 @@ def print_table(results: list[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenario", choices=("all", *SCENARIOS), default="all")
+    p.add_argument("--scenario", default="all",
+                   help="all, one of " + ", ".join(SCENARIOS) + ", or parts joined by +")
     p.add_argument("--rate", type=float, default=DEFAULT_RATE, help="orders/s (open loop)")
     p.add_argument("--duration", type=float, default=DEFAULT_DURATION_S, help="load seconds")
     p.add_argument("--seed", type=int, default=1)
@@ -800,6 +827,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.rate <= 0 or args.duration <= 0 or args.cycles < 0:
         p.error("--rate and --duration must be > 0, --cycles >= 0")
+    if args.scenario != "all":
+        try:
+            kinds_of(args.scenario)
+        except ValueError as e:
+            p.error(str(e))
     names = SCENARIOS if args.scenario == "all" else (args.scenario,)
     results = []
     for name in names:
