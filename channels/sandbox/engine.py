@@ -206,6 +206,9 @@ class ChannelSandbox:
         scenario = scenario_for(amount)
         if scenario is Scenario.PAID:
             scenario = self._random_fault()
+            if scenario is not Scenario.PAID:
+                name = scenario.name.lower()
+                self.ledger.faults[name] = self.ledger.faults.get(name, 0) + 1
         if prepay:
             return self._prepay(trade, scenario)
         return await self._run(request, trade, scenario)

@@ -139,6 +139,8 @@ class Ledger:
         self._seq = 0
         self._refund_seq = 0
         self.notifies_dropped = 0        # by the drop knob, a full queue or exhausted retries
+        self.notifies_duplicated = 0     # by the duplicate knob
+        self.faults: dict[str, int] = {}  # charges a random fault knob hit, per fault name
 
     def get(self, out_trade_no: str) -> Trade | None:
         return self.trades.get(out_trade_no)
@@ -223,6 +225,8 @@ class Ledger:
     def reset(self) -> None:
         self.trades.clear()
         self.notifies_dropped = 0
+        self.notifies_duplicated = 0
+        self.faults.clear()
 
     def snapshot(self) -> dict[str, Any]:
         totals: dict[str, Any] = {name: 0 for name in TOTAL_FIELDS}
@@ -241,4 +245,6 @@ class Ledger:
         totals["refunded_amount"] = sum(m["refunded"] for m in by_currency.values())
         totals["by_currency"] = by_currency
         totals["notifies_dropped"] = self.notifies_dropped
+        totals["notifies_duplicated"] = self.notifies_duplicated
+        totals["faults"] = dict(self.faults)
         return {"trades": trades, "totals": totals}

@@ -76,6 +76,7 @@ class Notifier:
             self._ledger.notifies_dropped += 1
             return
         copies = 2 if self._rng.random() < knobs.notify_duplicate_rate else 1
+        self._ledger.notifies_duplicated += copies - 1
         for _ in range(copies):
             self._later(knobs.notify_delay_ms, delivery.again())
 

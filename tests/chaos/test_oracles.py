@@ -1,0 +1,69 @@
+"""The chaos oracles on made-up histories and ledgers (no processes): each one fires on its
+violation and stays quiet on a clean run."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench.chaos import Attempt, History, check, kinds_of
+
+
+def _order(oid: str, status: str, amount: int = 600, channel: str = "alipay",
+           refunded: int = 0) -> dict[str, Any]:
+    return {"order_id": oid, "out_trade_no": "k" + oid, "amount": amount, "currency": "CNY",
+            "created_at": "t0", "status": status, "channel": channel,
+            "refunded_amount": refunded}
+
+
+def _trade(charges: int, amount: int = 600, refunded: int = 0) -> dict[str, Any]:
+    return {"charges": charges, "pay_calls": max(charges, 1), "total_amount": amount,
+            "currency": "CNY", "refunded_amount": refunded}
+
+
+def _run(orders: dict[str, dict[str, Any]], trades: dict[str, dict[str, Any]],
+         replies: list[dict[str, Any]] | None = None) -> tuple[History, dict[str, Any]]:
+    h = History()
+    for o in orders.values():
+        key = o["out_trade_no"]
+        h.bodies[key] = {}
+        h.acked[key] = o
+        for n, reply in enumerate(replies or [o], 1):
+            h.attempts.append(Attempt(key, "sha", n, 0.0, 0.0, 200, reply))
+    books = {"alipay": {"trades": trades}}
+    return h, books
+
+
+def _violations(orders, trades, found=None, replies=None) -> dict[str, int]:
+    h, books = _run(orders, trades, replies)
+    found = {o["out_trade_no"]: o for o in orders.values()} if found is None else found
+    return {k: len(v) for k, v in check(h, found, books).items()}
+
+
+def test_a_clean_run_has_no_violation() -> None:
+    orders = {"a": _order("a", "SUCCEEDED"), "b": _order("b", "FAILED"),
+              "c": _order("c", "SUCCEEDED", refunded=600)}
+    trades = {"a": _trade(1), "c": _trade(1, refunded=600)}
+    assert sum(_violations(orders, trades).values()) == 0
+
+
+def test_each_oracle_fires_on_its_violation() -> None:
+    orders = {"a": _order("a", "SUCCEEDED")}
+    assert _violations(orders, {"a": _trade(2)})["duplicated"] == 1
+    assert _violations(orders, {"a": _trade(2)})["wrong_total"] == 1
+    assert _violations(orders, {"a": _trade(1), "z": _trade(1)})["unexpected"] == 1
+    assert _violations(orders, {"a": _trade(1)}, found={})["lost"] == 1
+    assert _violations(orders, {})["mismatch"] == 1
+    assert _violations({"b": _order("b", "FAILED")}, {"b": _trade(1)})["mismatch"] == 1
+    assert _violations({"p": _order("p", "PENDING")}, {})["not_final"] == 1
+    flip = [_order("a", "SUCCEEDED"), _order("a", "FAILED")]
+    assert _violations(orders, {"a": _trade(1)}, replies=flip)["divergent_replies"] == 1
+    other = [_order("a", "SUCCEEDED"), {**_order("a", "SUCCEEDED"), "amount": 700}]
+    assert _violations(orders, {"a": _trade(1)}, replies=other)["divergent_replies"] == 1
+
+
+def test_scenarios_compose_and_unknown_ones_are_refused() -> None:
+    assert kinds_of("shard_kill+redis_kill") == {"shard_kill", "redis_kill"}
+    assert "node_loss" in kinds_of("mixed") and "mixed" not in kinds_of("mixed")
+    with pytest.raises(ValueError):
+        kinds_of("shard_kill+nope")
