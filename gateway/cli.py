@@ -90,7 +90,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                   f"(AOF {settings.redis.appendfsync}, data {data_dir / 'redis'})", flush=True)
         if settings.sandbox.start_local and not settings.alipay.gateway_url:
             children.append(start_sandbox(settings, data_dir))
-            print(f"alipay sandbox on {settings.sandbox.url()}", flush=True)
+            print(f"channel sandboxes on {settings.sandbox.url()}/<channel>/", flush=True)
         cluster = start_ray(settings)
         from actors.factory import deploy
         info = deploy(settings)
