@@ -58,7 +58,8 @@ from core.refund import Refund
 #   state    a new refund's order is not stored SUCCEEDED
 #   exceeds  the refunds would reserve more than the order's amount
 #   stale    the stored order's refund sums differ from the write's base, or the refund being
-#            updated is no longer PENDING (another writer was first)
+#            updated is no longer PENDING (another writer was first); or a plain write to an
+#            order no longer open would change its final status or its refund sums
 # so one key can never name two orders or refunds, and the refunds of an order never reserve
 # more than it was paid, whatever a lost reply or a stale shard incarnation believes.
 _COMMIT_LUA = """
@@ -116,6 +117,21 @@ local function emit(w)
   end
 end
 
+-- An order no longer open is final: a plain write may not change its status or its refund
+-- sums (only refund writes do). A write that would is a late one (a command whose reply timed
+-- out, run after newer ones) or from a stale shard incarnation.
+local function final_order_refusal(w)
+  local raw = redis.call('GET', w.order)
+  if not raw then return nil end
+  local s, n = cjson.decode(raw), cjson.decode(w.orec)
+  if (s.status ~= 'PENDING' and s.status ~= n.status)
+      or (tonumber(s.refund_reserved) or 0) ~= (tonumber(n.refund_reserved) or 0)
+      or (tonumber(s.refunded_amount) or 0) ~= (tonumber(n.refunded_amount) or 0) then
+    return 'stale'
+  end
+  return nil
+end
+
 local refused = {}
 for i, w in ipairs(writes) do
   local why = nil
@@ -124,6 +140,8 @@ for i, w in ipairs(writes) do
   elseif w.new then
     local holder = redis.call('GET', w.idem)
     if holder and holder ~= w.id then why = 'taken' end
+  elseif redis.call('SISMEMBER', KEYS[1], w.id) == 0 then
+    why = final_order_refusal(w)
   end
   if why then
     table.insert(refused, i)
@@ -341,6 +359,8 @@ class OrderStore:
                         self._queue.append(w)
                     elif w.refund is not None:
                         w.done.set_exception(RefundRefused(taken[i]))
+                    elif taken[i] == "stale":   # a late write to a final order: re-read it
+                        w.done.set_exception(Unavailable("stale write to a final order refused"))
                     else:
                         w.done.set_exception(KeyTaken(w.order.out_trade_no))
                 continue

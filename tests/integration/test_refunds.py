@@ -18,6 +18,7 @@ import pytest
 from actors.client import ShardClient
 from actors.factory import redis_client
 from actors.store import OrderStore, RefundBase, RefundRefused
+from core.errors import Unavailable
 from core.ids import parse_order_id
 from core.order import CreateOrder, Order
 from core.refund import CreateRefund, Refund, RefundStatus, reserve, settle
@@ -376,9 +377,15 @@ async def test_store_refuses_refund_writes_that_break_the_rules_and_writes_nothi
         with pytest.raises(RefundRefused) as e:
             await store.commit_refund(order, refund, base=b, new=new)
         assert e.value.reason == reason
-    pending = await stored_paid_order(store)
-    not_paid = replace(pending, status=OrderStatus.PENDING)
-    await store.commit(not_paid)
+    paid = await stored_paid_order(store)
+    # a plain write may not take a final order back to PENDING (the guard on final orders)
+    with pytest.raises(Unavailable):
+        await store.commit(replace(paid, status=OrderStatus.PENDING))
+    assert (await store.get(paid.order_id)).status is OrderStatus.SUCCEEDED
+    cmd = CreateOrder("demo-app", f"k-{secrets.token_hex(4)}", "u", 600, "CNY", "gems",
+                      "alipay", "barcode")
+    not_paid = Order.new(f"P_local_s0_5_{secrets.token_hex(8)}", cmd, time.time())
+    await store.commit(not_paid, new=True)
     with pytest.raises(RefundRefused) as e:
         await store.commit_refund(reserve(not_paid, 1), new_refund(not_paid, "x", 1),
                                   base=base(not_paid), new=True)

@@ -44,10 +44,11 @@ _IDENTITY = ("order_id", "app_id", "out_trade_no", "amount", "currency", "finger
 
 class SimRedis:
     def __init__(self, world: "World", rng: random.Random, *, fence: bool = True,
-                 amnesia: bool = False) -> None:
+                 amnesia: bool = False, final_guard: bool = True) -> None:
         self._world = world
         self._rng = rng
         self._fence = fence       # False: a bug injected by the checkers' own tests
+        self._final_guard = final_guard   # False: the script before 2026-11-25 (no stale guard)
         self._amnesia = amnesia   # True: acknowledges a new order's write and drops it (a bug)
         self.strings: dict[str, bytes] = {}
         self.sets: dict[str, dict[str, None]] = {}   # ordered sets: deterministic SMEMBERS
@@ -140,19 +141,22 @@ class SimRedis:
         # simulation makes no refunds, so every write is an order write (3 args each).
         assert not any(str(a).startswith("R") for a in args[1::3]), "refund writes not simulated"
         n = (len(args) - 1) // 3
-        taken = []
+        refused: list[tuple[int, bytes]] = []
+        open_set = self.sets.setdefault(keys[0], {})
         for i in range(n):
             flag, oid = args[1 + 3 * i], args[2 + 3 * i]
             if flag.startswith("n"):
                 holder = self.strings.get(keys[3 + 2 * i])
                 if holder is not None and holder.decode() != oid and self._fence:
-                    taken.append(i + 1)
-        if taken:
-            self._world.note(f"redis refused new {[args[2 + 3 * (i - 1)] for i in taken]}")
+                    refused.append((i + 1, b"taken"))
+            elif oid not in open_set and self._stale_final_write(keys[2 + 2 * i],
+                                                                  args[3 + 3 * i]):
+                refused.append((i + 1, b"stale"))
+        if refused:
+            self._world.note(f"redis refused {[(args[2 + 3 * (i - 1)], r) for i, r in refused]}")
             self.commits_refused += 1
-            return [x for pos in taken for x in (pos, b"taken")]   # {position, reason} pairs
+            return [x for pos, why in refused for x in (pos, why)]   # {position, reason} pairs
         self.commits_applied += 1
-        open_set = self.sets.setdefault(keys[0], {})
         for i in range(n):
             flag, oid, rec = args[1 + 3 * i], args[2 + 3 * i], args[3 + 3 * i]
             if self._amnesia and flag.startswith("n") and self._rng.random() < 0.2:
@@ -167,6 +171,19 @@ class SimRedis:
             else:
                 open_set[oid] = None
         return []
+
+    def _stale_final_write(self, key: str, rec: bytes) -> bool:
+        """The script's rule for a plain write to an order no longer open (final): it may not
+        change the stored status or refund sums."""
+        if not self._final_guard:
+            return False
+        raw = self.strings.get(key)
+        if raw is None:
+            return False
+        stored, new = orjson.loads(raw), orjson.loads(rec)
+        return ((stored["status"] != "PENDING" and stored["status"] != new["status"])
+                or stored.get("refund_reserved", 0) != new.get("refund_reserved", 0)
+                or stored.get("refunded_amount", 0) != new.get("refunded_amount", 0))
 
     def _check_write(self, key: str, rec: bytes) -> None:
         old_raw = self.strings.get(key)

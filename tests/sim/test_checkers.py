@@ -51,3 +51,13 @@ def test_a_seed_replays_identically_in_another_process() -> None:
         hashes.add(next(line.split()[-1] for line in out.stdout.splitlines()
                         if "trace hash" in line))
     assert hashes == {run_seed(7).trace_hash}
+
+
+def test_the_final_order_guard_is_what_stops_late_writes() -> None:
+    """With Redis running a timed-out command late (the opt-in fault), the commit script's
+    guard on final orders is what keeps a late write from overwriting a final status (seed 2
+    fails without it, found by `python -m tests.sim --with redis_late --bug no_final_guard`)."""
+    late = frozenset({"p_redis_late"})
+    broken = run_seed(2, bugs=frozenset({"no_final_guard"}), with_faults=late)
+    assert "final_status_overwritten" in {v.kind for v in broken.violations}
+    assert run_seed(2, with_faults=late).ok
