@@ -93,7 +93,7 @@ class Order:
 
     def learn(self, fact: Fact, rung: Rung, now: float, *, channel_trade_no: str = "",
               failure_code: str = "", failure_message: str = "",
-              pay_data: str = "") -> tuple["Order", Decision]:
+              pay_data: str = "") -> tuple["Order", Decision[OrderStatus]]:
         """Apply a channel fact; returns the new record (self when nothing changed) and the decision."""
         decision = apply(self.status, fact, rung)
         if decision.outcome is Outcome.NOOP:

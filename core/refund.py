@@ -19,7 +19,7 @@ from typing import Any
 
 from core.clock import rfc3339
 from core.order import Change, Order
-from core.states import Outcome, Rung
+from core.states import Decision, Outcome, Rung, decide
 
 
 class RefundStatus(str, enum.Enum):
@@ -45,22 +45,12 @@ REFUND_NOOPS: frozenset[tuple[RefundStatus, RefundStatus]] = frozenset({
 })
 
 
-@dataclass(frozen=True, slots=True)
-class RefundDecision:
-    outcome: Outcome
-    status: RefundStatus         # the status after the report (unchanged unless MOVED)
-    resolved_by: Rung | None     # set only when MOVED to a final status
+RefundDecision = Decision[RefundStatus]
 
 
 def apply_refund(status: RefundStatus, reported: RefundStatus, rung: Rung) -> RefundDecision:
     """Pure: what a channel's `reported` status, learnt through `rung`, does to a refund."""
-    new = REFUND_TRANSITIONS.get((status, reported))
-    if new is not None:
-        assert new.is_final and not status.is_final
-        return RefundDecision(Outcome.MOVED, new, rung)
-    if (status, reported) in REFUND_NOOPS:
-        return RefundDecision(Outcome.NOOP, status, None)
-    return RefundDecision(Outcome.CONFLICT, status, None)
+    return decide(REFUND_TRANSITIONS, REFUND_NOOPS, status, reported, rung)
 
 
 @dataclass(frozen=True, slots=True)

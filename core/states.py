@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import AbstractSet, Generic, Mapping, Protocol, TypeVar
 
 
 class OrderStatus(str, enum.Enum):
@@ -64,19 +65,36 @@ NOOPS: frozenset[tuple[OrderStatus, Fact]] = frozenset({
 })
 
 
+class _Status(Protocol):
+    @property
+    def is_final(self) -> bool: ...
+
+
+St = TypeVar("St", bound=_Status)
+Report = TypeVar("Report")
+
+
 @dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(Generic[St]):
     outcome: Outcome
-    status: OrderStatus          # the status after the fact (unchanged unless MOVED)
+    status: St                   # the status after the report (unchanged unless MOVED)
     resolved_by: Rung | None     # set only when MOVED to a final status
 
 
-def apply(status: OrderStatus, fact: Fact, rung: Rung) -> Decision:
-    """Pure: what `fact`, learnt through `rung`, does to an order in `status`."""
-    new = TRANSITIONS.get((status, fact))
+def decide(transitions: Mapping[tuple[St, Report], St], noops: AbstractSet[tuple[St, Report]],
+           status: St, report: Report, rung: Rung) -> Decision[St]:
+    """Pure: what a `report` learnt through `rung` does to a record in `status`, by a table of
+    moves and a set of harmless repeats; anything in neither is a conflict. Shared by orders
+    (below) and refunds (core.refund)."""
+    new = transitions.get((status, report))
     if new is not None:
         assert new.is_final and not status.is_final
         return Decision(Outcome.MOVED, new, rung)
-    if (status, fact) in NOOPS:
+    if (status, report) in noops:
         return Decision(Outcome.NOOP, status, None)
     return Decision(Outcome.CONFLICT, status, None)
+
+
+def apply(status: OrderStatus, fact: Fact, rung: Rung) -> Decision[OrderStatus]:
+    """Pure: what `fact`, learnt through `rung`, does to an order in `status`."""
+    return decide(TRANSITIONS, NOOPS, status, fact, rung)
