@@ -53,6 +53,7 @@ def create_app(settings: Settings, *, shards: Any = None, nonces: Any = None, re
         ch: build_connector(ch, settings, notify_url=_notify_url(settings, ch))
         for ch in enabled_channels(settings)
     }
+    app[keys.CHANNELS] = tuple(sorted(enabled_channels(settings)))
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         own_redis = redis is None

@@ -46,14 +46,19 @@ def _order_reply(request: web.Request, reply: dict[str, Any]) -> web.Response:
     return _json(order, reply["http"])
 
 
-async def create_order(request: web.Request) -> web.Response:
-    received_at = request.app[keys.CLOCK].time()
+async def _signed_json(request: web.Request) -> tuple[str, bytes]:
+    """(app id, body) of a signed JSON request: 415 for another media type, 401 if unsigned."""
     if request.content_type != "application/json":
         raise UnsupportedMediaType("Content-Type must be application/json")
     body = await request.read()
-    app_id = await _authenticated(request, body)
+    return await _authenticated(request, body), body
+
+
+async def create_order(request: web.Request) -> web.Response:
+    received_at = request.app[keys.CLOCK].time()
+    app_id, body = await _signed_json(request)
     settings = request.app[keys.SETTINGS]
-    channels: list[str] = sorted(request.app[keys.NOTIFIERS].keys())
+    channels = request.app[keys.CHANNELS]
     if not channels:
         raise Unavailable("no payment channel is enabled")
     cmd = replace(parse_create_order(
@@ -98,10 +103,7 @@ async def find_order(request: web.Request) -> web.Response:
 
 async def create_refund(request: web.Request) -> web.Response:
     received_at = request.app[keys.CLOCK].time()
-    if request.content_type != "application/json":
-        raise UnsupportedMediaType("Content-Type must be application/json")
-    body = await request.read()
-    app_id = await _authenticated(request, body)
+    app_id, body = await _signed_json(request)
     order_id = request.match_info["order_id"]
     shard = _local_shard(request, order_id)
     cmd = replace(parse_create_refund(app_id, order_id, body), received_at=received_at)
@@ -178,7 +180,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def openapi(request: web.Request) -> web.Response:
     app = request.app
-    return _json(openapi_document(app[keys.SETTINGS].gateway.base_url(), sorted(app[keys.NOTIFIERS].keys())))
+    return _json(openapi_document(app[keys.SETTINGS].gateway.base_url(), app[keys.CHANNELS]))
 
 
 async def metrics(request: web.Request) -> web.Response:
