@@ -107,15 +107,7 @@ def to_wire_id(paycell_id: str, max_len: int = WIRE_ID_MAX) -> str:
     entry = _WIRE_MARKS.get(paycell_id[:2])
     if entry is None or not entry[1].match(paycell_id):
         raise ValueError(f"{paycell_id!r} is longer than {max_len} and not a paycell id")
-    mark = entry[0]
-    n = 1
-    for ch in paycell_id[2:]:
-        n = n * len(_ID_DIGITS) + _ID_DIGITS.index(ch)
-    digits = []
-    while n:
-        n, r = divmod(n, 62)
-        digits.append(_B62[r])
-    wire = mark + "".join(reversed(digits))
+    wire = entry[0] + pack_b62(paycell_id[2:])
     if len(wire) > max_len:
         raise ValueError(f"{paycell_id!r} does not pack into {max_len} characters")
     return wire
@@ -125,16 +117,35 @@ def from_wire_id(wire: str) -> str:
     """The order or refund id behind a number made by to_wire_id (any other text as is)."""
     if not _B62_RE.match(wire):
         return wire
+    rest = unpack_b62(wire[1:])
+    prefix, pattern = (("P_", ORDER_ID_RE) if wire[0] == "W" else ("R_", REFUND_ID_RE))
+    paycell_id = prefix + (rest or "")
+    return paycell_id if rest is not None and pattern.match(paycell_id) else wire
+
+
+def pack_b62(text: str) -> str:
+    """`text` of [_0-9a-z] as base-62 digits: read as a base-37 number with a leading 1 (so
+    leading symbols survive). Reversed by unpack_b62; leading "0" digits change nothing."""
+    n = 1
+    for ch in text:
+        n = n * len(_ID_DIGITS) + _ID_DIGITS.index(ch)
+    digits = []
+    while n:
+        n, r = divmod(n, 62)
+        digits.append(_B62[r])
+    return "".join(reversed(digits))
+
+
+def unpack_b62(digits: str) -> str | None:
+    """The text pack_b62 made these digits from, or None when they are no such packing."""
     n = 0
-    for ch in wire[1:]:
+    for ch in digits:
         n = n * 62 + _B62.index(ch)
     out = []
     while n > 1:
         n, r = divmod(n, len(_ID_DIGITS))
         out.append(_ID_DIGITS[r])
-    prefix, pattern = (("P_", ORDER_ID_RE) if wire[0] == "W" else ("R_", REFUND_ID_RE))
-    paycell_id = prefix + "".join(reversed(out))
-    return paycell_id if n == 1 and pattern.match(paycell_id) else wire
+    return "".join(reversed(out)) if n == 1 else None
 
 
 def longest_order_id(region: str, set_name: str, shard_count: int) -> str:

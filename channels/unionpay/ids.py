@@ -22,7 +22,7 @@ import hashlib
 import re
 from datetime import datetime, timedelta, timezone
 
-from core.ids import ORDER_ID_RE, REFUND_ID_RE
+from core.ids import ORDER_ID_RE, REFUND_ID_RE, pack_b62, unpack_b62
 
 BEIJING = timezone(timedelta(hours=8))
 TXN_TIME_FORMAT = "%Y%m%d%H%M%S"
@@ -35,8 +35,6 @@ CANCEL_PREFIX = "Y"
 _PLAIN_RE = re.compile(r"^[0-9a-z]{8,32}$")
 _PACKABLE_RE = re.compile(r"^[0-9a-z_]{1,64}$")
 _WIRE_RE = re.compile(r"^[0-9A-Za-z]{8,40}$")
-_ID_ALPHABET = "_0123456789abcdefghijklmnopqrstuvwxyz"
-_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _PAYCELL_TOKEN_LENS = (19, 22)   # core.ids now; before 2026-11-25
 _PAYCELL_TIME_DIGITS = 9
 
@@ -53,14 +51,7 @@ def to_wire_id(paycell_id: str) -> str:
     if not _PACKABLE_RE.match(rest):
         raise ValueError("unionpay: ids must be [a-z0-9_] (or P_ / R_ and those) to be an "
                          "orderId")
-    n = 1
-    for ch in rest:
-        n = n * len(_ID_ALPHABET) + _ID_ALPHABET.index(ch)
-    digits = []
-    while n:
-        n, r = divmod(n, len(_B62))
-        digits.append(_B62[r])
-    wire = mark + "".join(reversed(digits)).rjust(WIRE_ID_MIN - 1, "0")
+    wire = mark + pack_b62(rest).rjust(WIRE_ID_MIN - 1, "0")
     if len(wire) > WIRE_ID_MAX:
         raise ValueError(f"unionpay: id too long to pack into {WIRE_ID_MAX} characters")
     return wire
@@ -72,16 +63,9 @@ def from_wire_id(wire: str) -> str:
         raise ValueError("not a UnionPay orderId")
     if not wire.startswith((PACKED_PREFIX, PAYCELL_MARK, REFUND_MARK)):
         return wire
-    n = 0
-    for ch in wire[1:]:
-        n = n * len(_B62) + _B62.index(ch)
-    out = []
-    while n > 1:
-        n, r = divmod(n, len(_ID_ALPHABET))
-        out.append(_ID_ALPHABET[r])
-    if n != 1:
+    rest = unpack_b62(wire[1:])
+    if rest is None:
         raise ValueError("not a packed paycell id")
-    rest = "".join(reversed(out))
     prefixes = {PAYCELL_MARK: PAYCELL_PREFIX, REFUND_MARK: REFUND_PREFIX}
     return prefixes.get(wire[0], "") + rest
 
