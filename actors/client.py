@@ -12,7 +12,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
-from actors.names import reconciler_actor_name, shard_actor_name
+from actors.names import host_count, host_of, reconciler_actor_name, shard_host_name
 from actors.reconcile_match import RefundSettlement, Settlement
 from channels.base import Notification
 from core.errors import Unavailable
@@ -41,35 +41,49 @@ class _Handles:
 
 
 class ShardClient:
-    """What the gateway uses to reach shard actors."""
+    """What the gateway uses to reach the shards, through the actors that host them."""
 
     def __init__(self, settings: Settings) -> None:
         self._set = settings.orders.set_name
         self._timeout_s = settings.gateway.shard_call_timeout_ms / 1000
         self._reply_wait_s = settings.gateway.shard_reply_wait_ms / 1000
         self._handles = _Handles(settings.ray.namespace)
+        self.hosts = host_count(settings.orders)
 
-    async def _call(self, shard: int, method: str, *args: Any) -> Any:
-        name = shard_actor_name(self._set, shard)
+    def host_of(self, shard: int) -> int:
+        return host_of(shard, self.hosts)
+
+    async def _call_host(self, host: int, method: str, *args: Any) -> Any:
+        name = shard_host_name(self._set, host)
         try:
             ref = getattr(self._handles.get(name), method).remote(*args)
             return await asyncio.wait_for(ref, self._timeout_s)
         except asyncio.TimeoutError:
-            raise Unavailable(f"shard {shard} did not answer in time", retry_after_s=1) from None
+            raise Unavailable(f"shard host {host} did not answer in time",
+                              retry_after_s=1) from None
         except _RAY_FAILURES as e:
             self._handles.forget(name)
-            raise Unavailable(f"shard {shard} unavailable ({type(e).__name__})",
+            raise Unavailable(f"shard host {host} unavailable ({type(e).__name__})",
                               retry_after_s=1) from None
 
-    async def submit(self, shard: int, tickets: list[str], cmds: list[CreateOrder]
-                     ) -> list[dict[str, Any] | None]:
-        result: list[dict[str, Any] | None] = await self._call(
-            shard, "submit", cmds, tickets, self._reply_wait_s)
+    async def _call(self, shard: int, method: str, *args: Any) -> Any:
+        return await self._call_host(self.host_of(shard), "call", shard, method, *args)
+
+    async def submit(self, host: int, tickets: list[str], shards: list[int],
+                     cmds: list[CreateOrder]) -> list[dict[str, Any] | None]:
+        """A batch for one host (any of its shards); None for replies not ready in time."""
+        result: list[dict[str, Any] | None] = await self._call_host(
+            host, "submit", shards, tickets, cmds, self._reply_wait_s)
         return result
 
-    async def await_replies(self, shard: int, tickets: list[str]) -> dict[str, dict[str, Any]]:
-        result: dict[str, dict[str, Any]] = await self._call(
-            shard, "await_replies", tickets, REPLY_POLL_S)
+    async def await_replies(self, host: int, tickets: list[str]) -> dict[str, dict[str, Any]]:
+        result: dict[str, dict[str, Any]] = await self._call_host(
+            host, "await_replies", tickets, REPLY_POLL_S)
+        return result
+
+    async def notify_many(self, host: int, _tickets: list[str], shards: list[int],
+                          notes: list[Notification]) -> list[bool | None]:
+        result: list[bool | None] = await self._call_host(host, "notify_many", shards, notes)
         return result
 
     async def get(self, shard: int, app_id: str, order_id: str) -> dict[str, Any] | None:
@@ -86,11 +100,6 @@ class ShardClient:
     async def list_refunds(self, shard: int, app_id: str, order_id: str
                            ) -> dict[str, Any] | None:
         return await self._call(shard, "list_refunds", app_id, order_id)
-
-    async def notify_many(self, shard: int, _tickets: list[str], notes: list[Notification]
-                          ) -> list[bool | None]:
-        result: list[bool | None] = await self._call(shard, "notify_many", notes)
-        return result
 
     async def ping(self, shard: int) -> dict[str, Any]:
         return await self._call(shard, "ping")

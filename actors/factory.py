@@ -6,12 +6,13 @@ from typing import Any
 import ray
 import redis.asyncio as aioredis
 
-from actors.names import reconciler_actor_name, shard_actor_name
+from actors.host import ShardHost
+from actors.names import host_count, reconciler_actor_name, shard_host_name, shards_of
 from actors.local_channels import LocalChannelPort
 from actors.merchant_notify import MerchantNotifier
 from actors.reconcile_store import OrderReader, RefundLog, ReportStore
 from actors.reconciler import Reconciler
-from actors.shard import OrderShard
+from actors.shard import OrderShard, reply_board
 from actors.store import OrderStore
 from channels.base import Connector
 from channels.registry import build_connector, enabled_channels
@@ -19,7 +20,7 @@ from core.logs import configure as configure_logs
 from core.settings import Settings
 
 # Money-moving calls are never retried by Ray: paycell makes them idempotent and resolves by query.
-# SPREAD: with several Ray nodes the shards go to different nodes (best effort).
+# SPREAD: with several Ray nodes the shard hosts go to different nodes (best effort).
 _COMMON = {"num_cpus": 0, "lifetime": "detached", "max_restarts": -1, "max_task_retries": 0,
            "get_if_exists": True, "scheduling_strategy": "SPREAD"}
 
@@ -41,22 +42,32 @@ def redis_client(settings: Settings) -> aioredis.Redis:
     return aioredis.Redis(connection_pool=pool)
 
 
-class LiveOrderShard(OrderShard):
-    """An OrderShard wired to Redis and to its own channel connectors."""
+def live_shard(settings: Settings, shard: int, client: aioredis.Redis,
+               replies: Any = None) -> OrderShard:
+    """An OrderShard wired to Redis (the host's client) and to its own channel connectors."""
+    store = OrderStore(client, settings.orders.set_name, shard,
+                       idempotency_ttl_s=settings.orders.idempotency_ttl_s,
+                       commit_batch_max=settings.orders.commit_batch_max,
+                       event_keep_s=settings.merchant_notify.event_keep_s)
+    notifier = MerchantNotifier(settings.merchant_notify, shard, store=store,
+                                app_secrets=settings.app_secrets())
+    store.on_events = notifier.wake
+    channels = LocalChannelPort(settings, {ch: notify_url(settings, ch)
+                                           for ch in enabled_channels(settings)})
+    return OrderShard(settings, shard, store=store, channels=channels, notify_url="",
+                      notifier=notifier, replies=replies)
 
-    def __init__(self, settings: Settings, shard: int) -> None:
+
+class LiveShardHost(ShardHost):
+    """The shards of one host (actors/host.py), sharing one Redis pool and one reply board."""
+
+    def __init__(self, settings: Settings, host: int) -> None:
         configure_logs(settings.log_level)
-        store = OrderStore(redis_client(settings), settings.orders.set_name, shard,
-                           idempotency_ttl_s=settings.orders.idempotency_ttl_s,
-                           commit_batch_max=settings.orders.commit_batch_max,
-                           event_keep_s=settings.merchant_notify.event_keep_s)
-        notifier = MerchantNotifier(settings.merchant_notify, shard, store=store,
-                                    app_secrets=settings.app_secrets())
-        store.on_events = notifier.wake
-        channels = LocalChannelPort(settings, {ch: notify_url(settings, ch)
-                                               for ch in enabled_channels(settings)})
-        super().__init__(settings, shard, store=store, channels=channels,
-                         notify_url="", notifier=notifier)
+        client = redis_client(settings)
+        mine = shards_of(host, settings.orders)
+        replies = reply_board(settings.orders.open_orders_max * len(mine), f"host {host}")
+        super().__init__(host, {s: live_shard(settings, s, client, replies) for s in mine},
+                         replies)
         self.node_id = ray.get_runtime_context().get_node_id()
 
 
@@ -89,22 +100,22 @@ def deploy(settings: Settings, timeout_s: float = 60) -> dict[str, Any]:
     Sync, for drivers and launchers only (never call it from async code on the hot path).
     """
     ns, set_name = settings.ray.namespace, settings.orders.set_name
-    shard_cls: Any = ray.remote(LiveOrderShard)
-    shards = [shard_cls.options(name=shard_actor_name(set_name, i), namespace=ns, **_COMMON)
-              .remote(settings, i)
-              for i in range(settings.orders.shard_count)]
+    host_cls: Any = ray.remote(LiveShardHost)
+    hosts = [host_cls.options(name=shard_host_name(set_name, h), namespace=ns, **_COMMON)
+             .remote(settings, h)
+             for h in range(host_count(settings.orders))]
     reconciler_cls: Any = ray.remote(LiveReconciler)
     reconciler = reconciler_cls.options(name=reconciler_actor_name(set_name), namespace=ns,
                                         **_COMMON).remote(settings)
-    pings = ray.get([a.ping.remote() for a in shards], timeout=timeout_s)
-    return {"shards": pings, "nodes": len({p.get("node", "") for p in pings}),
+    pings = ray.get([a.ping.remote() for a in hosts], timeout=timeout_s)
+    return {"hosts": pings, "nodes": len({p.get("node", "") for p in pings}),
             "reconciler": ray.get(reconciler.ping.remote(), timeout=timeout_s)}
 
 
 def teardown(settings: Settings) -> None:
     """Kill this SET's detached actors (tests and operators); state stays in Redis."""
     ns, set_name = settings.ray.namespace, settings.orders.set_name
-    names = [shard_actor_name(set_name, i) for i in range(settings.orders.shard_count)]
+    names = [shard_host_name(set_name, h) for h in range(host_count(settings.orders))]
     for name in [*names, reconciler_actor_name(set_name)]:
         try:
             ray.kill(ray.get_actor(name, namespace=ns), no_restart=True)

@@ -97,11 +97,27 @@ def error_reply(err: PaycellError) -> dict[str, Any]:
     return {"error": err.code, "detail": err.detail, "retry_after_s": err.retry_after_s}
 
 
+def reply_board(inflight_max: int, owner: str) -> TaskBoard[str, dict[str, Any]]:
+    """The board a shard (or a host of shards) keeps the replies of its batches on."""
+    def crashed(ticket: str, exc: BaseException) -> dict[str, Any]:
+        log.error("%s: submit crashed (ticket %s): %r", owner, ticket, exc)
+        return error_reply(PaycellError("internal error"))
+
+    return TaskBoard(
+        inflight_max=inflight_max, keep_s=REPLY_KEEP_S,
+        refused=lambda _t: error_reply(Overloaded("too many replies waiting", retry_after_s=1)),
+        lost=lambda _t: error_reply(Unavailable(
+            "the reply was lost with a shard restart; retry with the same out_trade_no",
+            retry_after_s=1)),
+        crashed=crashed)
+
+
 class OrderShard:
     def __init__(self, settings: Settings, shard: int, *, store: StorePort,
                  channels: ChannelPort, clock: Clock | None = None, notify_url: str = "",
                  rng: random.Random | None = None,
-                 notifier: MerchantNotifier | None = None) -> None:
+                 notifier: MerchantNotifier | None = None,
+                 replies: TaskBoard[str, dict[str, Any]] | None = None) -> None:
         self._s = settings.orders
         self._shard = shard
         self._store = store
@@ -130,13 +146,10 @@ class OrderShard:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._followups = 0
         self._local_tickets = itertools.count()
-        self._replies: TaskBoard[str, dict[str, Any]] = TaskBoard(
-            inflight_max=self._s.open_orders_max, keep_s=REPLY_KEEP_S,
-            refused=lambda _t: error_reply(Overloaded("too many replies waiting", retry_after_s=1)),
-            lost=lambda _t: error_reply(Unavailable(
-                "the reply was lost with a shard restart; retry with the same out_trade_no",
-                retry_after_s=1)),
-            crashed=self._crashed_reply)
+        # The board of replies a batch had not ready: the shard's own, or the one its host
+        # shares among the shards it runs (actors/host.py), so one long poll serves them all.
+        self._replies = replies if replies is not None else reply_board(
+            self._s.open_orders_max, f"shard {shard}")
         self._refunds = RefundDesk(self._s, shard, store=store, channels=channels,
                                    orders=_ShardOrders(self), locks=self._locks,
                                    clock=self._clock, channel_slots=self._channel_slots,
@@ -196,10 +209,6 @@ class OrderShard:
 
     def _ctx(self, order_id: str, channel: str) -> dict[str, Any]:
         return {"order_id": order_id, "shard": self._shard, "channel": channel}
-
-    def _crashed_reply(self, ticket: str, exc: BaseException) -> dict[str, Any]:
-        log.error("submit crashed (ticket %s): %r", ticket, exc, extra={"shard": self._shard})
-        return error_reply(PaycellError("internal error"))
 
     # ------------------------------------------------------------------ memory
     def _remember(self, o: Order) -> None:
@@ -307,7 +316,7 @@ class OrderShard:
         except PaycellError as e:
             return [error_reply(e)] * len(cmds)
         if tickets is None:
-            tickets = [f"local-{next(self._local_tickets)}" for _ in cmds]
+            tickets = [f"local-{self._shard}-{next(self._local_tickets)}" for _ in cmds]
         assert len(tickets) == len(cmds)
         return await self._replies.run_many(
             [(t, functools.partial(self._submit_one, c, known)) for t, c in zip(tickets, cmds)],

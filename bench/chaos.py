@@ -218,7 +218,7 @@ class ChaosStack:
     # -- faults
 
     def shard_pids(self) -> list[int]:
-        return [p.pid for p in self.tree() if _title(p).startswith("ray::LiveOrderShard")]
+        return [p.pid for p in self.tree() if _title(p).startswith("ray::LiveShardHost")]
 
     def kill_shard(self, rng: random.Random) -> bool:
         pids = self.shard_pids()

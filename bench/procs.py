@@ -26,7 +26,7 @@ GROUPS = (GATEWAY, SHARD_ACTORS, OTHER_ACTORS, RAY_SYSTEM, REDIS, SANDBOX,
           LOADGEN, OTHER)
 
 # Ray worker titles are "ray::<ActorClass>" or "ray::<ActorClass>.<method>" while a call runs.
-_SHARD_CLASSES = frozenset({"LiveOrderShard"})
+_SHARD_CLASSES = frozenset({"LiveShardHost"})   # the actors that host the order shards
 _GATEWAY_CLASSES = frozenset({"ProxyActor"})          # Ray Serve's HTTP proxy (bench.suite)
 _RAY_SYSTEM_TITLES = frozenset({"IDLE", "DashboardAgent", "RuntimeEnvAgent", "ServeController"})
 _RAY_SYSTEM_NAMES = frozenset({"gcs_server", "raylet", "plasma_store", "ray"})

@@ -31,7 +31,7 @@ import orjson  # noqa: E402
 import psutil  # noqa: E402
 
 from actors.factory import deploy, redis_client, teardown  # noqa: E402
-from actors.names import shard_actor_name  # noqa: E402
+from actors.names import shard_host_name  # noqa: E402
 from actors.store import OrderStore  # noqa: E402
 from core.ids import make_order_id  # noqa: E402
 from core.order import CreateOrder, Order  # noqa: E402
@@ -72,7 +72,7 @@ def serving_again(handle: Any, old_pid: int) -> dict[str, Any]:
 def measure(settings: Settings, kills: int) -> dict[str, Any]:
     import ray
     deploy(settings)
-    handle = ray.get_actor(shard_actor_name(settings.orders.set_name, 0),
+    handle = ray.get_actor(shard_host_name(settings.orders.set_name, 0),  # shard 0's host
                            namespace=settings.ray.namespace)
     info = ray.get(handle.ping.remote())
     out: dict[str, Any] = {"open": info["open"], "restart_s": [], "rss_bytes": []}
@@ -87,7 +87,7 @@ def measure(settings: Settings, kills: int) -> dict[str, Any]:
     # Every open order's record is read when its query comes due: measure again once every
     # open order has been followed up at least once.
     deadline = time.monotonic() + LOAD_TIMEOUT_S
-    while ray.get(handle.stats.remote())["queries"] < out["open"]:
+    while ray.get(handle.call.remote(0, "stats"))["queries"] < out["open"]:
         if time.monotonic() > deadline:
             raise RuntimeError(f"open orders not all followed up within {LOAD_TIMEOUT_S:.0f} s")
         time.sleep(0.5)

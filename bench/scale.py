@@ -41,6 +41,7 @@ def run_one(nodes: int, shards: int, args: argparse.Namespace) -> dict[str, Any]
                                               knob=[], out=RESULTS)
                 fig = report(measure(run_args, stack, Path(tmp)))
                 seen = re.search(r"shard actors on (\d+) node", stack.tail(200))
+                hosts = re.search(r"in (\d+) shard actors", stack.tail(200))
             finally:
                 stack.stop()
     finally:
@@ -50,7 +51,8 @@ def run_one(nodes: int, shards: int, args: argparse.Namespace) -> dict[str, Any]
             else:
                 os.environ[k] = v
     return {"nodes": nodes, "nodes_used": int(seen.group(1)) if seen else None,
-            "shards": shards, "orders_per_s": fig["orders_per_s"],
+            "shards": shards, "actors": int(hosts.group(1)) if hosts else None,
+            "orders_per_s": fig["orders_per_s"],
             "p99_ms": fig["latency_us"]["p99"] / 1000,
             "cpu_us_per_order": fig.get("cpu_us_per_order", {}).get("total"),
             "ok": fig["orders_ok"], "non_2xx": fig["non_2xx"]}

@@ -86,6 +86,11 @@ class OrderSettings:
     region: str = "local"
     set_name: str = "s0"
     shard_count: int = 2
+    # Actor processes that host the shards: shard s runs in actor s % shard_actors (at most
+    # shard_count of them). A shard is the unit of partitioning (its ids, keys, locks and
+    # recovery); a process is a unit of CPU. One per core is the sweet spot on a machine: more
+    # processes than cores only add context switches and smaller batches (bench.scale).
+    shard_actors: int = 2
     sync_deadline_ms: int = 800        # the client's sync answer; later -> 202 PENDING
     query_first_delay_ms: int = 1000   # first query after an unknown outcome
     query_interval_ms: int = 2000      # then every interval ...
@@ -460,6 +465,7 @@ def validate(s: Settings) -> None:
     except ValueError as e:
         raise ConfigError(str(e)) from None
     need(1 <= s.orders.shard_count <= 1024, "orders.shard_count: must be 1..1024")
+    need(1 <= s.orders.shard_actors <= 1024, "orders.shard_actors: must be 1..1024")
     need(1 <= s.ray.local_nodes <= 8, "ray.local_nodes: must be 1..8")
     need(s.orders.sync_deadline_ms > 0, "orders.sync_deadline_ms: must be > 0")
     need(s.orders.query_interval_ms > 0, "orders.query_interval_ms: must be > 0")

@@ -74,7 +74,8 @@ def create_app(settings: Settings, *, shards: Any = None, nonces: Any = None, re
             app[keys.SHARDS] = shards
         g = settings.gateway
         def batcher(submit: Any, collect: Any = None) -> Any:
-            return ShardBatcher(submit, settings.orders.shard_count, batch_max=g.batch_max_orders,
+            port = app[keys.SHARDS]
+            return ShardBatcher(submit, port.hosts, port.host_of, batch_max=g.batch_max_orders,
                                 linger_us=g.batch_linger_us, inflight_max=g.shard_calls_inflight_max,
                                 queue_max=g.shard_queue_max_orders, collect=collect)
 

@@ -94,7 +94,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         cluster = start_ray(settings)
         from actors.factory import deploy
         info = deploy(settings)
-        print(f"ray: {len(info['shards'])} shard actors on {info['nodes']} node(s)", flush=True)
+        print(f"ray: {settings.orders.shard_count} shards in {len(info['hosts'])} shard actors "
+              f"on {info['nodes']} node(s)", flush=True)
         import uvloop
         uvloop.run(_serve(settings))
         return 0

@@ -20,7 +20,9 @@ from core.settings import Settings, load_settings
 from gateway.local import Child, free_port, start_redis, start_sandbox
 
 TEST_ORDERS = {"sync_deadline_ms": 500, "query_first_delay_ms": 1500, "query_interval_ms": 700,
-               "async_window_ms": 4000, "cancel_retry_interval_ms": 500, "shard_count": 2,
+               "async_window_ms": 4000, "cancel_retry_interval_ms": 500,
+               # three shards in two actors: host 0 runs shards 0 and 2 (actors/host.py)
+               "shard_count": 3, "shard_actors": 2,
                "scheduler_tick_ms": 20, "refund_sync_deadline_ms": 800,
                "refund_query_first_delay_ms": 1000, "refund_query_interval_ms": 500,
                "refund_async_window_ms": 8000}

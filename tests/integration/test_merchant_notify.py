@@ -17,7 +17,7 @@ from aiohttp import web
 
 from actors.factory import redis_client
 from actors.merchant_notify import MerchantNotifier
-from actors.names import shard_actor_name
+from actors.names import host_count, host_of, shard_host_name
 from actors.store import OrderStore
 from core.order import CreateOrder, Order
 from core.settings import MerchantNotifySettings
@@ -79,9 +79,10 @@ def pay_body(notify_url: str) -> dict[str, Any]:
 
 async def shard_stats(stack: Any) -> list[dict[str, Any]]:
     s = stack["settings"]
-    actors = [ray.get_actor(shard_actor_name(s.orders.set_name, i), namespace=s.ray.namespace)
-              for i in range(s.orders.shard_count)]
-    return list(await asyncio.gather(*(a.stats.remote() for a in actors)))
+    hosts = host_count(s.orders)
+    actors = [ray.get_actor(shard_host_name(s.orders.set_name, host_of(i, hosts)),
+                            namespace=s.ray.namespace) for i in range(s.orders.shard_count)]
+    return list(await asyncio.gather(*(a.call.remote(i, "stats") for i, a in enumerate(actors))))
 
 
 # ---------------------------------------------------------------- the real stack

@@ -10,14 +10,16 @@ from gateway.batcher import ShardBatcher
 class FakeShard:
     def __init__(self, call_s=0.0, late=(), late_s=0.2):
         self.calls: list[list[str]] = []
+        self.shards: list[list[int]] = []
         self.collects = 0
         self.call_s, self.late, self.late_s = call_s, set(late), late_s
         self.pending: dict[str, str] = {}
         self.fail: Exception | None = None
         self.fail_collect: Exception | None = None
 
-    async def submit(self, shard, tickets, items):
+    async def submit(self, lane, tickets, shards, items):
         self.calls.append(list(items))
+        self.shards.append(list(shards))
         await asyncio.sleep(self.call_s)
         if self.fail:
             raise self.fail
@@ -38,8 +40,8 @@ class FakeShard:
         return {t: self.pending.pop(t) for t in tickets if t in self.pending}
 
 
-def batcher(shard, inflight_max=1, queue_max=100, batch_max=64):
-    return ShardBatcher(shard.submit, 2, batch_max=batch_max, linger_us=500,
+def batcher(shard, inflight_max=1, queue_max=100, batch_max=64, lanes=2):
+    return ShardBatcher(shard.submit, lanes, lambda s: s % lanes, batch_max=batch_max, linger_us=500,
                         inflight_max=inflight_max, queue_max=queue_max, collect=shard.collect)
 
 
@@ -69,6 +71,15 @@ async def test_a_late_reply_comes_by_collect_and_does_not_hold_the_next_batch():
     assert loop.time() - t0 < 0.1
     assert await slow == "late:slow"
     assert shard.collects >= 1 and b.late == 1
+
+
+async def test_shards_of_one_host_share_its_calls():
+    host = FakeShard(call_s=0.05)
+    b = batcher(host, lanes=1)
+    replies = await asyncio.gather(*(b.submit(i % 3, f"r{i}") for i in range(7)))
+    assert replies == [f"ok:r{i}" for i in range(7)]
+    assert host.calls == [["r0"], [f"r{i}" for i in range(1, 7)]]
+    assert host.shards == [[0], [1, 2, 0, 1, 2, 0]]
 
 
 async def test_batch_max_splits_batches():

@@ -22,16 +22,21 @@ OPERATOR, SECRET = "local-operator", "local-operator-secret"
 
 class Shards:
     """No order goes through these tests; the gateway only needs the methods to exist."""
+    hosts = 1
+
+    def host_of(self, shard: int) -> int:
+        return 0
+
     async def ping(self, shard: int) -> dict[str, Any]:
         return {}
 
-    async def submit(self, shard: int, tickets: Any, cmds: Any) -> list[Any]:
+    async def submit(self, host: int, tickets: Any, shards: Any, cmds: Any) -> list[Any]:
         raise AssertionError("no orders here")
 
-    async def await_replies(self, shard: int, tickets: Any) -> dict[str, Any]:
+    async def await_replies(self, host: int, tickets: Any) -> dict[str, Any]:
         raise AssertionError("no orders here")
 
-    async def notify_many(self, shard: int, tickets: Any, notes: Any) -> list[Any]:
+    async def notify_many(self, host: int, tickets: Any, shards: Any, notes: Any) -> list[Any]:
         raise AssertionError("no orders here")
 
 
