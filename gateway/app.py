@@ -33,9 +33,8 @@ async def _observe(request: web.Request, handler: Callable[[web.Request],
     start = time.perf_counter()
     response = await handler(request)
     route = request.match_info.route.name or "unmatched"
-    m = request.app[keys.METRICS]
-    m.requests.labels(route, str(response.status)).inc()
-    m.latency.labels(route).observe(time.perf_counter() - start)
+    request.app[keys.METRICS].observe_request(route, response.status,
+                                              time.perf_counter() - start)
     return response
 
 

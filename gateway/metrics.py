@@ -1,6 +1,8 @@
 """Prometheus metrics of one gateway, in a registry owned by its app (no module globals)."""
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1, 2.5, 5)
@@ -28,6 +30,18 @@ class GatewayMetrics:
         self.events_dead = Gauge("paycell_merchant_events_dead",
                                  "Merchant events given up (dead or refused) and kept for "
                                  "operators, by shard", ["shard"], registry=self.registry)
+
+        # Labelled children, looked up once per (route, status): labels() costs more than the
+        # increment itself on every request.
+        self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def observe_request(self, route: str, status: int, seconds: float) -> None:
+        children = self._request_children.get((route, status))
+        if children is None:
+            children = self._request_children[(route, status)] = (
+                self.requests.labels(route, str(status)), self.latency.labels(route))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

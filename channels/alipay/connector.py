@@ -22,7 +22,7 @@ from channels.alipay import bill, signing, transformers as tf
 from channels.base import (Ack, Capabilities, ChannelResult, ChargeRequest, Notification,
                            OutcomeUnknown, ProtocolError, RefundRequest, RefundResult,
                            RefundStatus, Statement)
-from channels.transport import Transport, guarded, read_bounded
+from channels.transport import Transport, form_body, guarded, read_bounded
 from core.clock import Clock, SystemClock
 from core.settings import Settings
 
@@ -170,7 +170,8 @@ class AlipayConnector:
 
     async def _post(self, query: dict[str, str], form: dict[str, str]) -> bytes:
         headers = {"Content-Type": f"{FORM_CONTENT_TYPE};charset={signing.CHARSET}"}
-        async with self._http.session().post(self._config.gateway_url, params=query, data=form,
+        data = form_body(form, signing.CHARSET)
+        async with self._http.session().post(self._config.gateway_url, params=query, data=data,
                                              headers=headers, timeout=self._http.timeout()) as resp:
             if resp.status >= 500:
                 raise OutcomeUnknown(f"alipay gateway answered HTTP {resp.status}")

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
 from channels.base import (Ack, Capabilities, ChannelResult, ChargeRequest, Notification,
                            NotSent, OutcomeUnknown, ProtocolError, RefundRequest, RefundResult,
                            RefundStatus, Statement)
-from channels.transport import Transport, guarded, read_bounded
+from channels.transport import Transport, form_body, guarded, read_bounded
 from channels.unionpay import signing, transformers as tf
 from channels.unionpay.ids import cancel_wire_id, embedded_time, to_wire_id
 from core.clock import Clock, SystemClock
@@ -236,7 +236,8 @@ class UnionPayConnector:
 
     async def _post(self, path: str, form: dict[str, str]) -> bytes:
         headers = {"Content-Type": f"{FORM_CONTENT_TYPE};charset={signing.CHARSET}"}
-        async with self._http.session().post(self._config.base_url + path, data=form,
+        async with self._http.session().post(self._config.base_url + path,
+                                             data=form_body(form, signing.CHARSET),
                                              headers=headers,
                                              timeout=self._http.timeout()) as resp:
             if resp.status >= 500:
