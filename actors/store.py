@@ -59,9 +59,13 @@ from core.refund import Refund
 #   exceeds  the refunds would reserve more than the order's amount
 #   stale    the stored order's refund sums differ from the write's base, or the refund being
 #            updated is no longer PENDING (another writer was first); or a plain write to an
-#            order no longer open would change its final status or its refund sums
-# so one key can never name two orders or refunds, and the refunds of an order never reserve
-# more than it was paid, whatever a lost reply or a stale shard incarnation believes.
+#            order no longer open would change its final status or its refund sums; or any
+#            write would take back one of the order's one-way fields (`charge_sent`,
+#            `cancel_sent` cleared, `tried_channels` shortened, or `channel` changed without
+#            it growing: see regresses())
+# so one key can never name two orders or refunds, the refunds of an order never reserve
+# more than it was paid, and a door the shard closed (the cancel's fence, a failover) stays
+# closed, whatever a lost reply or a stale shard incarnation believes.
 _COMMIT_LUA = """
 local ttl = tonumber(ARGV[1])
 local writes, k, a = {}, 3, 2
@@ -88,6 +92,21 @@ while a <= #ARGV do
   table.insert(writes, w)
 end
 
+-- An order's one-way fields, stored `s` against a write's `n`: once the charge or the cancel may
+-- have reached the channel, and once a channel certainly did not charge (failover), no write
+-- says otherwise. A write that would is a late one (a command whose reply timed out, run after
+-- newer ones) or from a stale shard incarnation: it would reopen a door the shard closed (a
+-- PAID fact applied although the cancel, already sent, reverses the payment).
+local function regresses(s, n)
+  if (s.charge_sent == true and n.charge_sent ~= true)
+      or (s.cancel_sent == true and n.cancel_sent ~= true) then
+    return true
+  end
+  local st, nt = s.tried_channels or '', n.tried_channels or ''
+  if st == nt then return s.channel ~= n.channel end
+  return st ~= '' and string.sub(nt, 1, #st + 1) ~= st .. ','
+end
+
 local function refund_refusal(w)
   if w.new then
     local holder = redis.call('HGET', w.index, w.no)
@@ -105,6 +124,7 @@ local function refund_refusal(w)
     return 'stale'
   end
   if w.reserved > tonumber(o.amount) then return 'exceeds' end
+  if regresses(o, cjson.decode(w.orec)) then return 'stale' end
   return nil
 end
 
@@ -117,13 +137,15 @@ local function emit(w)
   end
 end
 
--- An order no longer open is final: a plain write may not change its status or its refund
--- sums (only refund writes do). A write that would is a late one (a command whose reply timed
--- out, run after newer ones) or from a stale shard incarnation.
-local function final_order_refusal(w)
+-- A plain write to a stored order: it may not take back a one-way field (regresses), and when
+-- the order is no longer open (final) it may not change its status or its refund sums (only
+-- refund writes do). A write that would is a late one or from a stale shard incarnation.
+local function order_refusal(w)
   local raw = redis.call('GET', w.order)
   if not raw then return nil end
   local s, n = cjson.decode(raw), cjson.decode(w.orec)
+  if regresses(s, n) then return 'stale' end
+  if redis.call('SISMEMBER', KEYS[1], w.id) == 1 then return nil end
   if (s.status ~= 'PENDING' and s.status ~= n.status)
       or (tonumber(s.refund_reserved) or 0) ~= (tonumber(n.refund_reserved) or 0)
       or (tonumber(s.refunded_amount) or 0) ~= (tonumber(n.refunded_amount) or 0) then
@@ -137,11 +159,12 @@ for i, w in ipairs(writes) do
   local why = nil
   if w.refund then
     why = refund_refusal(w)
-  elseif w.new then
-    local holder = redis.call('GET', w.idem)
-    if holder and holder ~= w.id then why = 'taken' end
-  elseif redis.call('SISMEMBER', KEYS[1], w.id) == 0 then
-    why = final_order_refusal(w)
+  else
+    if w.new then
+      local holder = redis.call('GET', w.idem)
+      if holder and holder ~= w.id then why = 'taken' end
+    end
+    why = why or order_refusal(w)
   end
   if why then
     table.insert(refused, i)
@@ -359,8 +382,8 @@ class OrderStore:
                         self._queue.append(w)
                     elif w.refund is not None:
                         w.done.set_exception(RefundRefused(taken[i]))
-                    elif taken[i] == "stale":   # a late write to a final order: re-read it
-                        w.done.set_exception(Unavailable("stale write to a final order refused"))
+                    elif taken[i] == "stale":   # a late or stale write: the shard re-reads
+                        w.done.set_exception(Unavailable("stale order write refused"))
                     else:
                         w.done.set_exception(KeyTaken(w.order.out_trade_no))
                 continue
