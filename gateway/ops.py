@@ -12,6 +12,7 @@ Authentication comes first, so nothing about channels or reports leaks to an uns
 """
 from __future__ import annotations
 
+import asyncio
 from typing import Any, AsyncIterator, Protocol
 
 import orjson
@@ -20,7 +21,7 @@ from aiohttp import web
 from actors.reconcile_report import render_text
 from actors.reconcile_store import ReportStore
 from actors.reconciler import parse_day
-from core.errors import NotFound, ValidationError, error_for_code
+from core.errors import NotFound, PaycellError, ValidationError, error_for_code
 from gateway import keys
 from gateway.auth import authenticate
 
@@ -28,9 +29,13 @@ PATH = "/v1/ops/reconciliation/{channel}/{date}"
 FORMATS = ("json", "text")
 
 
+STATS_TIMEOUT_S = 2.0      # /metrics waits this long for the reconciler's counters
+
+
 class ReconcilerPort(Protocol):
     """actors.client.ReconcilerClient, or a test double."""
     async def start(self, channel: str, day: str) -> dict[str, Any]: ...
+    async def stats(self) -> dict[str, Any]: ...
 
 
 class ReportsPort(Protocol):
@@ -85,6 +90,16 @@ async def run_reconciliation(request: web.Request) -> web.Response:
     response = _json(reply, 202 if reply["status"] == "running" else 200)
     response.headers["Location"] = request.path
     return response
+
+
+async def refresh_reconciler_metrics(app: web.Application) -> None:
+    """The reconciler actor's counters for /metrics (gateway.metrics.ReconcilerMetrics); left
+    as they were when it does not answer in time."""
+    try:
+        stats = await asyncio.wait_for(app[RECONCILER].stats(), STATS_TIMEOUT_S)
+    except (PaycellError, asyncio.TimeoutError):
+        return
+    app[keys.METRICS].reconciler.update(stats)
 
 
 def add_ops_routes(app: web.Application) -> None:
