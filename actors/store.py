@@ -211,6 +211,24 @@ return ids
 """
 
 
+# An operator's replay of a given-up event (gateway/dead_events.py). KEYS: the event's hash, the
+# due set, the dead set; ARGV: event id, due time, seconds to keep it. A dead or refused event is
+# put back on the schedule, due now, its attempts from 0 (the whole retry schedule again), kept
+# event_keep_s from now; any other state is left alone. Returns the state it found ('' for none).
+_REPLAY_EVENT_LUA = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return '' end
+if state == 'dead' or state == 'refused' then
+  redis.call('HSET', KEYS[1], 'state', 'pending', 'attempts', 0)
+  redis.call('HINCRBY', KEYS[1], 'replays', 1)
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+end
+return state
+"""
+
+
 def event_set_keys(set_name: str, shard: int) -> tuple[str, str]:
     """(due events, dead or refused events) of one shard: what /metrics counts."""
     tag = f"{{{set_name}.{shard}}}"
@@ -259,6 +277,7 @@ class OrderStore:
         # Merchant events (0: none are written; the simulation's store runs without them).
         self._event_keep_s = event_keep_s
         self._take_due_script = client.register_script(_TAKE_DUE_LUA) if event_keep_s else None
+        self._replay_script = client.register_script(_REPLAY_EVENT_LUA) if event_keep_s else None
         self.on_events: Callable[[], None] | None = None   # called after a commit with events
         self.commits = 0    # observability: commit script calls
         self.writes = 0     # observability: order writes committed
@@ -478,6 +497,32 @@ class OrderStore:
     async def drop_due_event(self, event_id: str) -> None:
         """An id in the due set whose record is gone (expired)."""
         await self._call(self._r.zrem(self.due_events_key, event_id))
+
+    async def dead_events(self, limit: int) -> list[tuple[str, float]]:
+        """Up to `limit` ids of the dead set (dead or refused events), the most recently given
+        up first, each with when (Unix s)."""
+        raw = await self._call(self._r.zrevrange(self.dead_events_key, 0, limit - 1,
+                                                 withscores=True))
+        return [(_text(m), float(at)) for m, at in raw]
+
+    async def get_events(self, event_ids: list[str]) -> list[dict[str, str] | None]:
+        """get_event for many, in one round trip."""
+        if not event_ids:
+            return []
+        async with self._r.pipeline(transaction=False) as p:
+            for eid in event_ids:
+                p.hgetall(self.event_key(eid))
+            raws = await self._call(p.execute())
+        return [{_text(k): _text(v) for k, v in raw.items()} if raw else None for raw in raws]
+
+    async def replay_event(self, event_id: str, now: float) -> str:
+        """Put a dead or refused event back on the schedule (see _REPLAY_EVENT_LUA); the state
+        it found: dead | refused (replayed), pending | delivered (left alone), '' (none)."""
+        assert self._replay_script is not None, "the store keeps no events"
+        found = await self._call(self._replay_script(
+            keys=[self.event_key(event_id), self.due_events_key, self.dead_events_key],
+            args=[event_id, repr(now), self._event_keep_s]))
+        return _text(found)
 
     async def event_counts(self) -> tuple[int, int]:
         """(pending, dead or refused) events of this shard."""
