@@ -144,3 +144,8 @@ class ReconcilerClient:
         """Start (or join) the run of a channel's day; its report so far, or {"error": ...}."""
         result: dict[str, Any] = await self._call("start", channel, day)
         return result
+
+    async def stats(self) -> dict[str, Any]:
+        """The reconciler's counters (Reconciler.stats), for /metrics."""
+        result: dict[str, Any] = await self._call("stats")
+        return result

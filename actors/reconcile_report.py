@@ -178,3 +178,47 @@ def render_text(r: dict[str, Any]) -> str:
         out.append(f"  {c['deferred']} channel calls deferred to the next run "
                    "(reconcile.actions_max)")
     return "\n".join(out) + "\n"
+
+
+# What RunTotals counts as settled, by kind, from a run's counts.
+SETTLED_KINDS = {"paid": "settled_paid",        # PENDING -> SUCCEEDED (a payment line, or the
+                                                # cancel of a close answered paid)
+                 "closed": "settled_closed",    # PENDING -> CLOSED through the channel's cancel
+                 "refunded": "refunds_sent",    # reconciliation refunds of extra payments (paid
+                                                # twice, paid on a closed order, on a left channel)
+                 "refund_settled": "refunds_settled"}   # paycell's own refunds settled
+
+
+class RunTotals:
+    """The reconciler's counters since its actor started, by channel: runs by outcome, what
+    they settled by kind, mismatches by kind (a rerun of a day reports its mismatches again),
+    and the last finished run's duration and end. What /metrics shows (gateway/metrics.py)."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, dict[str, int]] = {}
+        self.settled: dict[str, dict[str, int]] = {}
+        self.mismatches: dict[str, dict[str, int]] = {}
+        self.last_run: dict[str, dict[str, Any]] = {}
+
+    def add(self, run: Run) -> None:
+        """A finished run (complete or failed)."""
+        assert run.finished_at is not None, "only finished runs are counted"
+        ch = run.channel
+        _bump(self.runs.setdefault(ch, {}), run.status, 1)
+        settled = self.settled.setdefault(ch, {})
+        for kind, count in SETTLED_KINDS.items():
+            _bump(settled, kind, run.counts.get(count, 0))
+        mismatches = self.mismatches.setdefault(ch, {})
+        for f in run.findings:
+            _bump(mismatches, f.kind.value, 1)
+        self.last_run[ch] = {"day": run.day.isoformat(), "status": run.status,
+                             "started_at": run.started_at, "finished_at": run.finished_at,
+                             "duration_s": max(0.0, run.finished_at - run.started_at)}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"runs": self.runs, "settled": self.settled, "mismatches": self.mismatches,
+                "last_run": self.last_run}
+
+
+def _bump(counts: dict[str, int], key: str, n: int) -> None:
+    counts[key] = counts.get(key, 0) + n

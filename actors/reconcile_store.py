@@ -15,12 +15,17 @@ base-36 digits are epoch milliseconds), so a day's orders of one shard are found
 the shard's order keys, matched on the id prefix the day's milliseconds share, then filtered on
 the exact time and read in MGET batches. No index is written on the order path; the scan walks
 the shard's keyspace once per run (a batch job, bounded per step by reconcile.scan_count).
+
+Every command here is idempotent (reads; a whole report or refund record written again), so a
+connection the server closed (the first use of the pool after a redis-server restart: the
+reconciler is idle until an operator asks) is retried once on a fresh one (core.redis_retry)
+instead of answering 503.
 """
 from __future__ import annotations
 
 import asyncio
 from datetime import date
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import orjson
 import redis.asyncio as aioredis
@@ -29,6 +34,7 @@ from redis.exceptions import RedisError
 from actors.reconcile_match import day_bounds
 from actors.store import OrderStore
 from core.errors import Unavailable
+from core.redis_retry import retry_once_on_reset
 from core.ids import ORDER_ID_RE, REFUND_ID_RE, parse_order_id, parse_refund_id
 from core.order import Order
 from core.refund import Refund
@@ -64,9 +70,12 @@ def day_prefix(day: date) -> str:
     return a[:n]
 
 
-async def _call(aw: Any) -> Any:
+async def _call(client: aioredis.Redis, command: Callable[[], Awaitable[Any]]) -> Any:
+    """One of this module's commands, all idempotent (reads, and writes of a whole value): run
+    again once on a connection the server closed (core.redis_retry: the first use of the pool
+    after a redis-server restart), else Unavailable."""
     try:
-        return await aw
+        return await retry_once_on_reset(client, command)
     except (RedisError, OSError, asyncio.TimeoutError) as e:
         raise Unavailable(f"reconciliation store unavailable: {type(e).__name__}") from None
 
@@ -95,7 +104,7 @@ class OrderReader:
                 keys.append((oid, self._stores[ref.shard].order_key(oid)))
         for i in range(0, len(keys), self._batch):
             chunk = keys[i:i + self._batch]
-            raws = await _call(self._r.mget([k for _, k in chunk]))
+            raws = await _call(self._r, lambda: self._r.mget([k for _, k in chunk]))
             for (oid, _), raw in zip(chunk, raws):
                 if raw:
                     out[oid] = Order.from_record(orjson.loads(raw))
@@ -110,8 +119,8 @@ class OrderReader:
             pattern = store.order_key(f"P_{self._region}_{self._set}_{shard}_{prefix}") + "*"
             cursor: int = 0
             while True:
-                cursor, keys = await _call(self._r.scan(cursor, match=pattern,
-                                                        count=self._scan_count))
+                cursor, keys = await _call(self._r, lambda: self._r.scan(
+                    cursor, match=pattern, count=self._scan_count))
                 ids = [k.decode().rsplit(":o:", 1)[1] for k in keys]
                 mine = [oid for oid in ids if lo <= (created_ms(oid) or lo) < hi]
                 for oid, order in (await self.get_many(mine)).items():
@@ -132,7 +141,7 @@ class OrderReader:
                 keys.append((rid, self._stores[ref.shard].refund_key(rid)))
         for i in range(0, len(keys), self._batch):
             chunk = keys[i:i + self._batch]
-            raws = await _call(self._r.mget([k for _, k in chunk]))
+            raws = await _call(self._r, lambda: self._r.mget([k for _, k in chunk]))
             for (rid, _), raw in zip(chunk, raws):
                 if raw:
                     out[rid] = Refund.from_record(orjson.loads(raw))
@@ -143,7 +152,7 @@ class OrderReader:
         start, end = day_bounds(day)
         lo, hi = int(start * 1000), int(end * 1000)
         for store in self._stores:
-            members = await _call(self._r.smembers(store.open_refunds_key))
+            members = await _call(self._r, lambda: self._r.smembers(store.open_refunds_key))
             ids = sorted(m.decode() for m in members)
             mine = [rid for rid in ids if lo <= (created_ms(rid) or lo) < hi]
             for i in range(0, len(mine), self._batch):
@@ -168,21 +177,25 @@ class ReportStore:
         return f"{self._prefix}:running"
 
     async def load(self, channel: str, day: str) -> dict[str, Any] | None:
-        raw = await _call(self._r.get(self.key(channel, day)))
+        raw = await _call(self._r, lambda: self._r.get(self.key(channel, day)))
         return orjson.loads(raw) if raw else None
 
     async def save(self, report: dict[str, Any]) -> None:
         channel, day = report["channel"], report["day"]
-        pipe = self._r.pipeline(transaction=True)
-        pipe.set(self.key(channel, day), orjson.dumps(report), ex=self._ttl_s)
-        if report["status"] == "running":
-            pipe.sadd(self.running_key, f"{channel}:{day}")
-        else:
-            pipe.srem(self.running_key, f"{channel}:{day}")
-        await _call(pipe.execute())
+        body = orjson.dumps(report)
+
+        def write() -> Awaitable[Any]:
+            pipe = self._r.pipeline(transaction=True)
+            pipe.set(self.key(channel, day), body, ex=self._ttl_s)
+            if report["status"] == "running":
+                pipe.sadd(self.running_key, f"{channel}:{day}")
+            else:
+                pipe.srem(self.running_key, f"{channel}:{day}")
+            return pipe.execute()
+        await _call(self._r, write)
 
     async def running(self) -> list[tuple[str, str]]:
-        members = await _call(self._r.smembers(self.running_key))
+        members = await _call(self._r, lambda: self._r.smembers(self.running_key))
         return [(c, d) for c, _, d in (m.decode().partition(":") for m in members)]
 
 
@@ -197,8 +210,9 @@ class RefundLog:
     async def get_many(self, refund_ids: list[str]) -> dict[str, dict[str, Any]]:
         if not refund_ids:
             return {}
-        raws = await _call(self._r.hmget(self.key, refund_ids))
+        raws = await _call(self._r, lambda: self._r.hmget(self.key, refund_ids))
         return {rid: orjson.loads(raw) for rid, raw in zip(refund_ids, raws) if raw}
 
     async def put(self, record: dict[str, Any]) -> None:
-        await _call(self._r.hset(self.key, record["refund_id"], orjson.dumps(record)))
+        body = orjson.dumps(record)
+        await _call(self._r, lambda: self._r.hset(self.key, record["refund_id"], body))

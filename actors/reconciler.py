@@ -39,7 +39,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Protocol, TypeVar
 from actors.reconcile_match import (Finding, Kind, MatchContext, Matcher, RefundPlan,
                                     RefundSettlement, Settlement, Verify, covered_until,
                                     group_lines)
-from actors.reconcile_report import Run
+from actors.reconcile_report import Run, RunTotals
 from channels.base import (ChannelError, ChannelResult, Connector, RefundRequest, RefundResult,
                            RefundStatus, StatementKind)
 from core.clock import Clock, SystemClock
@@ -120,6 +120,7 @@ class Reconciler:
         self._started = False
         self._scheduler: asyncio.Task[None] | None = None
         self._saved_at = 0.0
+        self.totals = RunTotals()      # counters since this actor started (/metrics)
 
     # ------------------------------------------------------------------ lifecycle
     async def ensure_started(self) -> None:
@@ -142,6 +143,11 @@ class Reconciler:
         await self.ensure_started()
         return {"reconciler": self._settings.orders.set_name, "runs": len(self._runs),
                 "scheduled": self._scheduler is not None}
+
+    async def stats(self) -> dict[str, Any]:
+        """Counters since this actor started (actors.reconcile_report.RunTotals) and the runs
+        in progress; from memory only, so /metrics gets them while Redis is down too."""
+        return {"runs_inflight": len(self._runs), **self.totals.to_json()}
 
     # ------------------------------------------------------------------ runs
     async def start(self, channel: str, day_text: str) -> dict[str, Any]:
@@ -198,6 +204,7 @@ class Reconciler:
         else:
             if run.status == "running":
                 run.finish(self._clock.time())
+        self.totals.add(run)
         await self._save(run)
         report = run.to_json()
         log.info("reconciliation of %s %s: %s, %d mismatches, %d errors", run.channel, run.day,

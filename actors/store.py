@@ -59,9 +59,13 @@ from core.refund import Refund
 #   exceeds  the refunds would reserve more than the order's amount
 #   stale    the stored order's refund sums differ from the write's base, or the refund being
 #            updated is no longer PENDING (another writer was first); or a plain write to an
-#            order no longer open would change its final status or its refund sums
-# so one key can never name two orders or refunds, and the refunds of an order never reserve
-# more than it was paid, whatever a lost reply or a stale shard incarnation believes.
+#            order no longer open would change its final status or its refund sums; or any
+#            write would take back one of the order's one-way fields (`charge_sent`,
+#            `cancel_sent` cleared, `tried_channels` shortened, or `channel` changed without
+#            it growing: see regresses())
+# so one key can never name two orders or refunds, the refunds of an order never reserve
+# more than it was paid, and a door the shard closed (the cancel's fence, a failover) stays
+# closed, whatever a lost reply or a stale shard incarnation believes.
 _COMMIT_LUA = """
 local ttl = tonumber(ARGV[1])
 local writes, k, a = {}, 3, 2
@@ -88,6 +92,21 @@ while a <= #ARGV do
   table.insert(writes, w)
 end
 
+-- An order's one-way fields, stored `s` against a write's `n`: once the charge or the cancel may
+-- have reached the channel, and once a channel certainly did not charge (failover), no write
+-- says otherwise. A write that would is a late one (a command whose reply timed out, run after
+-- newer ones) or from a stale shard incarnation: it would reopen a door the shard closed (a
+-- PAID fact applied although the cancel, already sent, reverses the payment).
+local function regresses(s, n)
+  if (s.charge_sent == true and n.charge_sent ~= true)
+      or (s.cancel_sent == true and n.cancel_sent ~= true) then
+    return true
+  end
+  local st, nt = s.tried_channels or '', n.tried_channels or ''
+  if st == nt then return s.channel ~= n.channel end
+  return st ~= '' and string.sub(nt, 1, #st + 1) ~= st .. ','
+end
+
 local function refund_refusal(w)
   if w.new then
     local holder = redis.call('HGET', w.index, w.no)
@@ -105,6 +124,7 @@ local function refund_refusal(w)
     return 'stale'
   end
   if w.reserved > tonumber(o.amount) then return 'exceeds' end
+  if regresses(o, cjson.decode(w.orec)) then return 'stale' end
   return nil
 end
 
@@ -117,13 +137,15 @@ local function emit(w)
   end
 end
 
--- An order no longer open is final: a plain write may not change its status or its refund
--- sums (only refund writes do). A write that would is a late one (a command whose reply timed
--- out, run after newer ones) or from a stale shard incarnation.
-local function final_order_refusal(w)
+-- A plain write to a stored order: it may not take back a one-way field (regresses), and when
+-- the order is no longer open (final) it may not change its status or its refund sums (only
+-- refund writes do). A write that would is a late one or from a stale shard incarnation.
+local function order_refusal(w)
   local raw = redis.call('GET', w.order)
   if not raw then return nil end
   local s, n = cjson.decode(raw), cjson.decode(w.orec)
+  if regresses(s, n) then return 'stale' end
+  if redis.call('SISMEMBER', KEYS[1], w.id) == 1 then return nil end
   if (s.status ~= 'PENDING' and s.status ~= n.status)
       or (tonumber(s.refund_reserved) or 0) ~= (tonumber(n.refund_reserved) or 0)
       or (tonumber(s.refunded_amount) or 0) ~= (tonumber(n.refunded_amount) or 0) then
@@ -137,11 +159,12 @@ for i, w in ipairs(writes) do
   local why = nil
   if w.refund then
     why = refund_refusal(w)
-  elseif w.new then
-    local holder = redis.call('GET', w.idem)
-    if holder and holder ~= w.id then why = 'taken' end
-  elseif redis.call('SISMEMBER', KEYS[1], w.id) == 0 then
-    why = final_order_refusal(w)
+  else
+    if w.new then
+      local holder = redis.call('GET', w.idem)
+      if holder and holder ~= w.id then why = 'taken' end
+    end
+    why = why or order_refusal(w)
   end
   if why then
     table.insert(refused, i)
@@ -185,6 +208,24 @@ for _, id in ipairs(ids) do
   redis.call('ZADD', KEYS[1], 'XX', ARGV[3], id)
 end
 return ids
+"""
+
+
+# An operator's replay of a given-up event (gateway/dead_events.py). KEYS: the event's hash, the
+# due set, the dead set; ARGV: event id, due time, seconds to keep it. A dead or refused event is
+# put back on the schedule, due now, its attempts from 0 (the whole retry schedule again), kept
+# event_keep_s from now; any other state is left alone. Returns the state it found ('' for none).
+_REPLAY_EVENT_LUA = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return '' end
+if state == 'dead' or state == 'refused' then
+  redis.call('HSET', KEYS[1], 'state', 'pending', 'attempts', 0)
+  redis.call('HINCRBY', KEYS[1], 'replays', 1)
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+end
+return state
 """
 
 
@@ -236,6 +277,7 @@ class OrderStore:
         # Merchant events (0: none are written; the simulation's store runs without them).
         self._event_keep_s = event_keep_s
         self._take_due_script = client.register_script(_TAKE_DUE_LUA) if event_keep_s else None
+        self._replay_script = client.register_script(_REPLAY_EVENT_LUA) if event_keep_s else None
         self.on_events: Callable[[], None] | None = None   # called after a commit with events
         self.commits = 0    # observability: commit script calls
         self.writes = 0     # observability: order writes committed
@@ -359,8 +401,8 @@ class OrderStore:
                         self._queue.append(w)
                     elif w.refund is not None:
                         w.done.set_exception(RefundRefused(taken[i]))
-                    elif taken[i] == "stale":   # a late write to a final order: re-read it
-                        w.done.set_exception(Unavailable("stale write to a final order refused"))
+                    elif taken[i] == "stale":   # a late or stale write: the shard re-reads
+                        w.done.set_exception(Unavailable("stale order write refused"))
                     else:
                         w.done.set_exception(KeyTaken(w.order.out_trade_no))
                 continue
@@ -455,6 +497,32 @@ class OrderStore:
     async def drop_due_event(self, event_id: str) -> None:
         """An id in the due set whose record is gone (expired)."""
         await self._call(self._r.zrem(self.due_events_key, event_id))
+
+    async def dead_events(self, limit: int) -> list[tuple[str, float]]:
+        """Up to `limit` ids of the dead set (dead or refused events), the most recently given
+        up first, each with when (Unix s)."""
+        raw = await self._call(self._r.zrevrange(self.dead_events_key, 0, limit - 1,
+                                                 withscores=True))
+        return [(_text(m), float(at)) for m, at in raw]
+
+    async def get_events(self, event_ids: list[str]) -> list[dict[str, str] | None]:
+        """get_event for many, in one round trip."""
+        if not event_ids:
+            return []
+        async with self._r.pipeline(transaction=False) as p:
+            for eid in event_ids:
+                p.hgetall(self.event_key(eid))
+            raws = await self._call(p.execute())
+        return [{_text(k): _text(v) for k, v in raw.items()} if raw else None for raw in raws]
+
+    async def replay_event(self, event_id: str, now: float) -> str:
+        """Put a dead or refused event back on the schedule (see _REPLAY_EVENT_LUA); the state
+        it found: dead | refused (replayed), pending | delivered (left alone), '' (none)."""
+        assert self._replay_script is not None, "the store keeps no events"
+        found = await self._call(self._replay_script(
+            keys=[self.event_key(event_id), self.due_events_key, self.dead_events_key],
+            args=[event_id, repr(now), self._event_keep_s]))
+        return _text(found)
 
     async def event_counts(self) -> tuple[int, int]:
         """(pending, dead or refused) events of this shard."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from typing import Any
 
 import orjson
@@ -32,6 +33,16 @@ REFUND_TYPES = {"SUCCEEDED": "refund.succeeded", "FAILED": "refund.failed"}
 def event_id(object_id: str, status: str) -> str:
     """Deterministic: one final status of one order or refund is one event."""
     return f"ev_{object_id}_{status.lower()}"
+
+
+_EVENT_ID_RE = re.compile(r"^ev_([PR]_[a-z0-9_]{1,60})_(succeeded|failed|closed)$")
+
+
+def parse_event_id(eid: str) -> tuple[str, str] | None:
+    """(order or refund id, final status as in the id) of an event id paycell makes, else None
+    (the object id is only checked for its shape here: core.ids parses it)."""
+    m = _EVENT_ID_RE.match(eid)
+    return (m.group(1), m.group(2)) if m else None
 
 
 def order_event(order: Order) -> tuple[str, bytes]:

@@ -1,11 +1,66 @@
 """Prometheus metrics of one gateway, in a registry owned by its app (no module globals)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1, 2.5, 5)
+
+
+class ReconcilerMetrics(Collector):
+    """The SET's reconciler counters, as the reconciler actor last reported them
+    (Reconciler.stats: counted since the actor started, so they start again from 0 when it is
+    restarted, as any Prometheus counter of a restarted process). `update` is called by the
+    /metrics handler before it renders; until the first answer nothing is shown."""
+
+    def __init__(self) -> None:
+        self._stats: dict[str, Any] | None = None
+
+    def update(self, stats: dict[str, Any]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats
+        if s is None:
+            return
+        yield _by_channel(CounterMetricFamily(
+            "paycell_reconciler_runs", "Reconciliation runs finished, by channel and outcome "
+            "(complete, failed)", labels=["channel", "outcome"]), s["runs"])
+        yield _by_channel(CounterMetricFamily(
+            "paycell_reconciler_settled", "What reconciliation runs settled, by channel and "
+            "kind: paid (PENDING -> SUCCEEDED), closed (cancelled at the channel), refunded "
+            "(extra payments refunded: duplicates, paid after close, on a channel left), "
+            "refund_settled (paycell's own refunds)", labels=["channel", "kind"]), s["settled"])
+        yield _by_channel(CounterMetricFamily(
+            "paycell_reconciler_mismatches", "Mismatches reported by reconciliation runs, by "
+            "channel and kind (a rerun of a day reports its mismatches again)",
+            labels=["channel", "kind"]), s["mismatches"])
+        duration = GaugeMetricFamily(
+            "paycell_reconciler_last_run_duration_seconds",
+            "How long the last finished reconciliation run of the channel took",
+            labels=["channel"])
+        finished = GaugeMetricFamily(
+            "paycell_reconciler_last_run_timestamp_seconds",
+            "When the last reconciliation run of the channel finished (Unix time)",
+            labels=["channel"])
+        for channel, last in sorted(s["last_run"].items()):
+            duration.add_metric([channel], last["duration_s"])
+            finished.add_metric([channel], last["finished_at"])
+        yield duration
+        yield finished
+        yield GaugeMetricFamily("paycell_reconciler_runs_inflight",
+                                "Reconciliation runs in progress", value=s["runs_inflight"])
+
+
+def _by_channel(family: CounterMetricFamily,
+                counts: dict[str, dict[str, int]]) -> CounterMetricFamily:
+    for channel, by_label in sorted(counts.items()):
+        for label, n in sorted(by_label.items()):
+            family.add_metric([channel, label], n)
+    return family
 
 
 class GatewayMetrics:
@@ -30,6 +85,8 @@ class GatewayMetrics:
         self.events_dead = Gauge("paycell_merchant_events_dead",
                                  "Merchant events given up (dead or refused) and kept for "
                                  "operators, by shard", ["shard"], registry=self.registry)
+        self.reconciler = ReconcilerMetrics()
+        self.registry.register(self.reconciler)
 
         # Labelled children, looked up once per (route, status): labels() costs more than the
         # increment itself on every request.

@@ -1,4 +1,5 @@
-"""Operator routes under /v1/ops (API.md, "Operations"): reconciliation reports and runs.
+"""Operator routes under /v1/ops (API.md, "Operations"): reconciliation reports and runs, and
+merchant events given up on.
 
 Operators sign their requests exactly as merchant apps do (X-Paycell-App / -Timestamp / -Nonce /
 -Signature, API.md), with `ops.operator_id` and `ops.operator_secret`. The two credential sets are
@@ -9,9 +10,14 @@ Authentication comes first, so nothing about channels or reports leaks to an uns
   GET  /v1/ops/reconciliation/{channel}/{date}?format=text  the same as a readable summary
   POST /v1/ops/reconciliation/{channel}/{date}              run it, or join the run in progress:
                                                             202 with the report so far
+  GET  /v1/ops/events/dead?limit=                           dead or refused merchant events,
+                                                            newest first (gateway/dead_events.py)
+  POST /v1/ops/events/{event_id}/replay                     put one back on the schedule (same
+                                                            event id); idempotent
 """
 from __future__ import annotations
 
+import asyncio
 from typing import Any, AsyncIterator, Protocol
 
 import orjson
@@ -20,25 +26,39 @@ from aiohttp import web
 from actors.reconcile_report import render_text
 from actors.reconcile_store import ReportStore
 from actors.reconciler import parse_day
-from core.errors import NotFound, ValidationError, error_for_code
+from core.errors import NotFound, PaycellError, ValidationError, error_for_code
 from gateway import keys
 from gateway.auth import authenticate
+from gateway.dead_events import DeadEvents, parse_limit
 
 PATH = "/v1/ops/reconciliation/{channel}/{date}"
+DEAD_EVENTS_PATH = "/v1/ops/events/dead"
+REPLAY_PATH = "/v1/ops/events/{event_id}/replay"
 FORMATS = ("json", "text")
+
+
+STATS_TIMEOUT_S = 2.0      # /metrics waits this long for the reconciler's counters
 
 
 class ReconcilerPort(Protocol):
     """actors.client.ReconcilerClient, or a test double."""
     async def start(self, channel: str, day: str) -> dict[str, Any]: ...
+    async def stats(self) -> dict[str, Any]: ...
 
 
 class ReportsPort(Protocol):
     async def load(self, channel: str, day: str) -> dict[str, Any] | None: ...
 
 
+class DeadEventsPort(Protocol):
+    """gateway.dead_events.DeadEvents, or a test double."""
+    async def list_dead(self, limit: int) -> dict[str, Any]: ...
+    async def replay(self, event_id: str, now: float) -> dict[str, Any]: ...
+
+
 RECONCILER = web.AppKey("reconciler", ReconcilerPort)
 REPORTS = web.AppKey("reconciliation_reports", ReportsPort)
+DEAD_EVENTS = web.AppKey("dead_events", DeadEventsPort)
 
 
 async def _operator(request: web.Request, body: bytes) -> None:
@@ -87,6 +107,29 @@ async def run_reconciliation(request: web.Request) -> web.Response:
     return response
 
 
+async def list_dead_events(request: web.Request) -> web.Response:
+    await _operator(request, b"")
+    limit = parse_limit(request.query.get("limit"))
+    return _json(await request.app[DEAD_EVENTS].list_dead(limit))
+
+
+async def replay_event(request: web.Request) -> web.Response:
+    body = await request.read()
+    await _operator(request, body)
+    return _json(await request.app[DEAD_EVENTS].replay(request.match_info["event_id"],
+                                                       request.app[keys.CLOCK].time()))
+
+
+async def refresh_reconciler_metrics(app: web.Application) -> None:
+    """The reconciler actor's counters for /metrics (gateway.metrics.ReconcilerMetrics); left
+    as they were when it does not answer in time."""
+    try:
+        stats = await asyncio.wait_for(app[RECONCILER].stats(), STATS_TIMEOUT_S)
+    except (PaycellError, asyncio.TimeoutError):
+        return
+    app[keys.METRICS].reconciler.update(stats)
+
+
 def add_ops_routes(app: web.Application) -> None:
     """The operator routes, and their resources (unless a test injected them)."""
     async def resources(app: web.Application) -> AsyncIterator[None]:
@@ -97,8 +140,12 @@ def add_ops_routes(app: web.Application) -> None:
         if RECONCILER not in app:
             from actors.client import ReconcilerClient
             app[RECONCILER] = ReconcilerClient(settings)
+        if DEAD_EVENTS not in app:
+            app[DEAD_EVENTS] = DeadEvents(app[keys.REDIS], settings)
         yield
 
     app.cleanup_ctx.append(resources)
     app.router.add_get(PATH, get_reconciliation, name="ops_reconciliation_get")
     app.router.add_post(PATH, run_reconciliation, name="ops_reconciliation_run")
+    app.router.add_get(DEAD_EVENTS_PATH, list_dead_events, name="ops_dead_events")
+    app.router.add_post(REPLAY_PATH, replay_event, name="ops_event_replay")

@@ -18,6 +18,7 @@ from core.ids import parse_order_id, shard_for_key
 from gateway import keys
 from gateway.auth import authenticate
 from gateway.openapi import openapi_document
+from gateway.ops import refresh_reconciler_metrics
 from gateway.validation import (check_order_id, check_out_trade_no, parse_create_order,
                                 parse_create_refund)
 
@@ -184,7 +185,8 @@ async def openapi(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    await _refresh_event_gauges(request.app)
+    await asyncio.gather(_refresh_event_gauges(request.app),
+                         refresh_reconciler_metrics(request.app))
     return web.Response(body=request.app[keys.METRICS].render(),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 

@@ -239,3 +239,96 @@ async def test_metrics_count_due_and_dead_events_per_shard(stack, receiver) -> N
     finally:
         await client.zrem(store.dead_events_key, "ev_metrics_probe")
         await client.aclose()
+
+
+# ---------------------------------------------------------------- operators: dead events
+OPERATOR = ("local-operator", "local-operator-secret")
+
+
+async def _dead(ops: PaycellClient, limit: int = 1000) -> dict[str, Any]:
+    status, body, _ = await ops.request("GET", f"/v1/ops/events/dead?limit={limit}", None)
+    assert status == 200, body
+    return body
+
+
+async def _replay(ops: PaycellClient, event_id: str) -> tuple[int, dict[str, Any]]:
+    status, body, _ = await ops.request("POST", f"/v1/ops/events/{event_id}/replay", None)
+    return status, body
+
+
+async def test_an_operator_replays_a_dead_event_once_the_merchant_answers(stack,
+                                                                         receiver) -> None:
+    """The merchant fails every attempt of the schedule (4 with the tests' 3 retries): the
+    event is dead and listed. The merchant is fixed; the operator replays it: delivered under
+    the same event id, gone from the list, and a second replay changes nothing."""
+    tag = secrets.token_hex(4)
+    async with PaycellClient(stack["url"], "demo-app", SECRET) as c:
+        status, order = await c.create_order(pay_body(f"{receiver.base}/fail4/{tag}"))
+    assert status == 200, order
+    eid = f"ev_{order['order_id']}_succeeded"
+    shard = int(order["order_id"].split("_")[3])
+    async with PaycellClient(stack["url"], *OPERATOR) as ops:
+        async def listed() -> dict[str, Any] | None:
+            return next((e for e in (await _dead(ops))["events"] if e["event_id"] == eid),
+                        None)
+        dead = await wait_until(listed, 15)
+        assert len(receiver.got[tag]) == 4                   # all of the schedule, all 500
+        assert dead == {**dead, "state": "dead", "attempts": 4, "last_error": "HTTP 500",
+                        "type": "order.succeeded", "app_id": "demo-app", "replays": 0,
+                        "shard": shard, "url": f"{receiver.base}/fail4/{tag}"}
+        assert (await _dead(ops))["kept"] >= 1
+        assert (await _dead(ops, limit=1))["count"] == 1
+
+        status, replayed = await _replay(ops, eid)
+        assert (status, replayed["replayed"], replayed["state"],
+                replayed["previous_state"]) == (200, True, "pending", "dead"), replayed
+        status, again = await _replay(ops, eid)               # due, or delivered by now
+        assert status == 200 and again["replayed"] is False, again
+        assert again["state"] in ("pending", "delivered"), again
+
+        await wait_until(lambda: _has(receiver, tag, 5), 10)  # the 5th request: 200
+        events = receiver.events(tag)
+        assert {e["event_id"] for e in events} == {eid}       # the same event id throughout
+        assert len({b for _, b in receiver.got[tag]}) == 1    # and the same event
+        assert await wait_until(lambda: _gone(ops, eid), 10)
+        status, done = await _replay(ops, eid)
+        assert (status, done["replayed"], done["state"]) == (200, False, "delivered"), done
+        assert "already delivered" in done["detail"]
+        await asyncio.sleep(1.0)
+        assert len(receiver.got[tag]) == 5                    # nothing sent again
+
+        # bad input: a clear 4xx, and nothing changes
+        for bad, code in ((f"ev_{order['order_id']}_failed", 404),    # no such event
+                          ("ev_nothing_here", 400), (eid.replace("ev_", "ew_"), 400)):
+            status, body = await _replay(ops, bad)
+            assert status == code, (bad, body)
+        status, body, _ = await ops.request("GET", "/v1/ops/events/dead?limit=0", None)
+        assert (status, body["code"]) == (400, "invalid_request")
+    async with PaycellClient(stack["url"], "demo-app", SECRET) as merchant:
+        status, body = await _replay(merchant, eid)
+        assert status == 401, body
+    assert len(receiver.got[tag]) == 5
+
+
+async def _gone(ops: PaycellClient, eid: str) -> bool:
+    return all(e["event_id"] != eid for e in (await _dead(ops))["events"])
+
+
+async def test_a_replay_of_a_refused_event_and_of_one_still_due(store, receiver) -> None:
+    """Store level, real Redis: a refused event goes back on the schedule like a dead one (its
+    record kept longer, its replays counted); one still due is left alone."""
+    tag = secrets.token_hex(4)
+    paid = await paid_in_store(store, f"{receiver.base}/ok/{tag}")
+    eid = f"ev_{paid.order_id}_succeeded"
+    assert await store.replay_event(eid, time.time()) == "pending"     # due: left alone
+    assert await store.event_counts() == (1, 0)
+    await store.event_settled(eid, "refused", 1, "loopback", time.time(), 10)
+    assert [e for e, _ in await store.dead_events(10)] == [eid]
+    now = time.time()
+    assert await store.replay_event(eid, now) == "refused"
+    event = await store.get_event(eid)
+    assert event is not None
+    assert (event["state"], event["attempts"], event["replays"]) == ("pending", "0", "1")
+    assert await store.event_counts() == (1, 0) and await store.dead_events(10) == []
+    assert await store.take_due_events(now + 1, 10, 30) == [eid]       # due now
+    assert await store.replay_event(f"ev_{paid.order_id}_closed", now) == ""

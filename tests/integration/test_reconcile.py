@@ -258,3 +258,66 @@ async def test_the_reconcile_command_prints_progress_and_the_summary(rc: dict[st
     assert proc.returncode == 0, (text, err.decode())
     assert "lines parsed" in text and "[complete/done]" in text
     assert f"Reconciliation of wechatpay for {day} (region local, SET rc): complete" in text
+
+
+async def _reconciler_samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+    async with aiohttp.ClientSession() as s, s.get(url + "/metrics") as r:
+        assert r.status == 200
+        text = await r.text()
+    return {(x.name, tuple(sorted(x.labels.items()))): x.value
+            for f in text_string_to_metric_families(text) for x in f.samples
+            if x.name.startswith("paycell_reconciler_")}
+
+
+def _unix(rfc3339_text: str) -> float:
+    return datetime.strptime(rfc3339_text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=timezone.utc).timestamp()
+
+
+async def test_metrics_show_the_reconcilers_counters_after_a_real_run(rc: dict[str, Any]) -> None:
+    """/metrics asks the reconciler actor for its counters: after a real run of alipay's day
+    they moved by exactly what the run's report says it did."""
+    settings: Settings = rc["settings"]
+    tag = f"m{int(time.time())}"
+    day = datetime.now(timezone.utc).date().isoformat()
+    async with PaycellClient(rc["url"], "demo-app", "demo-secret") as c:
+        made = {}
+        for name, amount in (("lost", 1706), ("unpaid", 1703), ("twice", 1700)):
+            status, o = await c.create_order(_body("alipay", amount, f"rc-{name}-{tag}"))
+            assert status in (200, 202), o
+            made[name] = o["order_id"]
+    await _sandbox(settings, "POST", "/alipay/_sandbox/knobs", {"naive_charge": True})
+    try:
+        await _charge_directly(settings, "alipay", made["twice"], 1700)
+    finally:
+        await _sandbox(settings, "POST", "/alipay/_sandbox/knobs", {"naive_charge": False})
+    before = await _reconciler_samples(rc["url"])
+    await asyncio.sleep(3.2)     # past the 2 s async window and the 1 s statement lag
+    async with PaycellClient(rc["url"], *OPERATOR) as ops:
+        report = await _run(ops, "alipay", day)
+    after = await _reconciler_samples(rc["url"])
+
+    assert report["status"] == "complete", report
+    counts = report["counts"]
+    settled = {s["order_id"]: s["fact"] for s in report["settled"] if s["outcome"] == "settled"}
+    assert (settled[made["lost"]], settled[made["unpaid"]]) == ("PAID", "CLOSED")
+    assert report["mismatches_by_kind"].get("paid_twice", 0) >= 1 and counts["refunds_sent"] >= 1
+
+    def moved(name: str, **labels: str) -> float:
+        key = (f"paycell_reconciler_{name}", tuple(sorted({"channel": "alipay",
+                                                            **labels}.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+    assert moved("runs_total", outcome="complete") == 1
+    assert moved("runs_total", outcome="failed") == 0
+    assert moved("settled_total", kind="paid") == counts["settled_paid"] >= 1
+    assert moved("settled_total", kind="closed") == counts["settled_closed"] >= 1
+    assert moved("settled_total", kind="refunded") == counts["refunds_sent"]
+    for kind, n in report["mismatches_by_kind"].items():
+        assert moved("mismatches_total", kind=kind) == n, kind
+    ch = (("channel", "alipay"),)
+    finished, started = _unix(report["finished_at"]), _unix(report["started_at"])
+    assert abs(after[("paycell_reconciler_last_run_timestamp_seconds", ch)] - finished) < 0.002
+    assert abs(after[("paycell_reconciler_last_run_duration_seconds", ch)]
+               - (finished - started)) < 0.003
+    assert after[("paycell_reconciler_runs_inflight", ())] == 0

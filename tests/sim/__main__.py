@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--with", dest="with_faults", type=_opt_in, default=frozenset(),
                    help=f"opt-in fault kinds, comma-separated: {sorted(k[2:] for k in OPT_IN)}")
     p.add_argument("--bug", action="append", default=[],
-                   choices=("double_charge", "no_fence", "amnesia", "no_final_guard"),
+                   choices=("double_charge", "no_fence", "amnesia", "no_final_guard",
+                            "no_one_way_guard"),
                    help="inject a known bug into the simulated parts (checks the checkers)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     a = p.parse_args(argv)

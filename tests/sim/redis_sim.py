@@ -6,9 +6,11 @@ commands OrderStore sends (GET, MGET, SMEMBERS and the commit script) from dicts
 every shard incarnation (Redis is the durable truth; a shard crash loses nothing committed).
 
 The commit script is the same algorithm as `actors/store.py:_COMMIT_LUA` for order writes (the
-simulation makes no refunds): a new order whose idempotency key names another order refuses the
-whole batch and returns the refused positions with their reason;
-otherwise every record is written, idempotency keys set for new orders, and the open set kept.
+simulation makes no refunds): a new order whose idempotency key names another order, a write
+that takes back a one-way field of the stored order (`regresses`), or a write that changes a
+final order's status refuses the whole batch and returns the refused positions with their
+reason; otherwise every record is written, idempotency keys set for new orders, and the open
+set kept.
 (TTL is not simulated: a run lasts minutes of virtual time, keys live 30 days.)
 
 Timing: commands run one at a time in the order they were sent (one Redis thread), each after
@@ -20,8 +22,10 @@ the command ran. Faults, per command, when the world's faults are on:
             connection's data processed after a new connection's)
   stall     the server stalls: this command and everything queued behind it wait
   outage    in an outage window every command is refused
-Every write of an order record is checked as it lands: the record's identity never changes, and
-a final status is never left for another status (the store-level form of "final is final").
+Every write of an order record is checked as it lands: the record's identity never changes, a
+final status is never left for another status (the store-level form of "final is final"), and
+no one-way field is taken back (`charge_sent`, `cancel_sent` cleared, `tried_channels`
+shortened, `channel` changed without a failover: the doors the shard closed stay closed).
 """
 from __future__ import annotations
 
@@ -40,15 +44,18 @@ _FINAL = {"SUCCEEDED", "FAILED", "CLOSED"}
 SERVICE_S = 0.00001   # one command's time in the Redis thread
 _IDENTITY = ("order_id", "app_id", "out_trade_no", "amount", "currency", "fingerprint",
              "created_at")
+_ONE_WAY = ("charge_sent", "cancel_sent", "tried_channels", "channel")
 
 
 class SimRedis:
     def __init__(self, world: "World", rng: random.Random, *, fence: bool = True,
-                 amnesia: bool = False, final_guard: bool = True) -> None:
+                 amnesia: bool = False, final_guard: bool = True,
+                 one_way_guard: bool = True) -> None:
         self._world = world
         self._rng = rng
         self._fence = fence       # False: a bug injected by the checkers' own tests
         self._final_guard = final_guard   # False: the script before 2026-11-25 (no stale guard)
+        self._one_way_guard = one_way_guard   # False: the script before the one-way guard
         self._amnesia = amnesia   # True: acknowledges a new order's write and drops it (a bug)
         self.strings: dict[str, bytes] = {}
         self.sets: dict[str, dict[str, None]] = {}   # ordered sets: deterministic SMEMBERS
@@ -149,8 +156,8 @@ class SimRedis:
                 holder = self.strings.get(keys[3 + 2 * i])
                 if holder is not None and holder.decode() != oid and self._fence:
                     refused.append((i + 1, b"taken"))
-            elif oid not in open_set and self._stale_final_write(keys[2 + 2 * i],
-                                                                  args[3 + 3 * i]):
+                    continue
+            if self._stale_write(keys[2 + 2 * i], args[3 + 3 * i], oid in open_set):
                 refused.append((i + 1, b"stale"))
         if refused:
             self._world.note(f"redis refused {[(args[2 + 3 * (i - 1)], r) for i, r in refused]}")
@@ -172,15 +179,18 @@ class SimRedis:
                 open_set[oid] = None
         return []
 
-    def _stale_final_write(self, key: str, rec: bytes) -> bool:
-        """The script's rule for a plain write to an order no longer open (final): it may not
+    def _stale_write(self, key: str, rec: bytes, is_open: bool) -> bool:
+        """The script's rules for a plain write to a stored order (order_refusal): it may not
+        take back a one-way field, and, once the order is no longer open (final), it may not
         change the stored status or refund sums."""
-        if not self._final_guard:
-            return False
         raw = self.strings.get(key)
         if raw is None:
             return False
         stored, new = orjson.loads(raw), orjson.loads(rec)
+        if self._one_way_guard and regresses(stored, new):
+            return True
+        if not self._final_guard or is_open:
+            return False
         return ((stored["status"] != "PENDING" and stored["status"] != new["status"])
                 or stored.get("refund_reserved", 0) != new.get("refund_reserved", 0)
                 or stored.get("refunded_amount", 0) != new.get("refunded_amount", 0))
@@ -199,10 +209,27 @@ class SimRedis:
             self._world.violation("final_status_overwritten",
                                   f"{old['order_id']}: stored {old['status']} overwritten "
                                   f"with {new['status']}")
+        if regresses(old, new):
+            fields = {f: (old.get(f), new.get(f)) for f in _ONE_WAY if old.get(f) != new.get(f)}
+            self._world.violation("one_way_field_regressed",
+                                  f"{old['order_id']}: {new['status']} write takes back "
+                                  f"{fields}")
 
     # ---- the final read (the oracle's view, no faults)
     def records(self) -> list[dict[str, Any]]:
         return [orjson.loads(v) for k, v in self.strings.items() if ":o:" in k]
+
+
+def regresses(stored: dict[str, Any], new: dict[str, Any]) -> bool:
+    """The script's regresses(): the write clears `charge_sent` or `cancel_sent`, shortens
+    `tried_channels`, or changes `channel` without growing it."""
+    if (stored.get("charge_sent") and not new.get("charge_sent")) \
+            or (stored.get("cancel_sent") and not new.get("cancel_sent")):
+        return True
+    st, nt = stored.get("tried_channels", ""), new.get("tried_channels", "")
+    if st == nt:
+        return bool(stored.get("channel") != new.get("channel"))
+    return st != "" and not nt.startswith(st + ",")
 
 
 def _resolve(fut: asyncio.Future[Any], value: Any) -> None:

@@ -61,3 +61,15 @@ def test_the_final_order_guard_is_what_stops_late_writes() -> None:
     broken = run_seed(2, bugs=frozenset({"no_final_guard"}), with_faults=late)
     assert "final_status_overwritten" in {v.kind for v in broken.violations}
     assert run_seed(2, with_faults=late).ok
+
+
+def test_the_one_way_guard_is_what_stops_late_writes_reopening_doors() -> None:
+    """As above, for a PENDING order's one-way fields: seed 6 (with redis_late) lands a late
+    FAILED write, computed before the failover, over the record that had moved to the next
+    channel, without the guard (found by `python -m tests.sim --with redis_late --bug
+    no_one_way_guard`); tests/sim/test_late_writes.py scripts the cancel_sent case to its
+    money consequence."""
+    late = frozenset({"p_redis_late"})
+    broken = run_seed(6, bugs=frozenset({"no_one_way_guard"}), with_faults=late)
+    assert "one_way_field_regressed" in {v.kind for v in broken.violations}
+    assert run_seed(6, with_faults=late).ok

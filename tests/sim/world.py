@@ -130,7 +130,8 @@ class World:
         self.clock = SimClock(self.loop)
         self.redis = SimRedis(self, random.Random(f"redis-{seed}"), fence="no_fence" not in bugs,
                               amnesia="amnesia" in bugs,
-                              final_guard="no_final_guard" not in bugs)
+                              final_guard="no_final_guard" not in bugs,
+                              one_way_guard="no_one_way_guard" not in bugs)
         self.channels = SimChannels(self, random.Random(f"channels-{seed}"),
                                     double_charge="double_charge" in bugs)
         self.faults_on = sw.faulty

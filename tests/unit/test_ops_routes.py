@@ -13,7 +13,8 @@ from core.settings import load_settings
 from gateway.app import create_app
 from gateway.auth import MemoryNonceStore
 from gateway.client import signed_headers
-from gateway.ops import RECONCILER, REPORTS
+from gateway.dead_events import DeadEvents, parse_limit
+from gateway.ops import DEAD_EVENTS, RECONCILER, REPORTS
 
 NOW = 1_795_665_600.0          # 2026-11-26T04:00:00Z
 PATH = "/v1/ops/reconciliation/alipay/2026-11-25"
@@ -60,6 +61,18 @@ class Reports:
         return self.reports.get((channel, day))
 
 
+class NoRedis:
+    """A Redis client that must not be called: bad input is refused before Redis is asked."""
+
+    def register_script(self, _lua: str) -> Any:
+        async def script(**_kw: Any) -> Any:
+            raise AssertionError("Redis was called")
+        return script
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"Redis was called: {name}")
+
+
 def _report(status: str = "complete") -> dict[str, Any]:
     from datetime import date
     run = Run("alipay", date(2026, 11, 25), "local", "s0", 1, NOW - 5)
@@ -78,6 +91,7 @@ async def client() -> AsyncIterator[tuple[TestClient, Reconciler, Reports]]:
     reconciler, reports = Reconciler(), Reports()
     app[RECONCILER] = reconciler
     app[REPORTS] = reports
+    app[DEAD_EVENTS] = DeadEvents(NoRedis(), settings)  # type: ignore[arg-type]
     async with TestClient(TestServer(app)) as c:
         yield c, reconciler, reports
 
@@ -155,3 +169,64 @@ async def test_a_refused_run_is_a_problem(client: Any) -> None:
     r = await c.post(PATH, headers=_signed("POST", PATH))
     assert r.status == 503 and r.headers["Retry-After"] == "5"
     assert (await r.json())["detail"] == "2 runs in progress"
+
+
+# ---- dead merchant events (the real DeadEvents; bad input never reaches Redis) -----------------
+
+EVENT = "ev_P_local_s0_1_0midc1zoem0ak6m9dt2_succeeded"
+
+
+@pytest.mark.parametrize("method,path", [
+    ("GET", "/v1/ops/events/dead"),
+    ("POST", f"/v1/ops/events/{EVENT}/replay"),
+])
+async def test_dead_event_routes_need_operator_credentials(client: Any, method: str,
+                                                           path: str) -> None:
+    c, _, _ = client
+    for headers in ({}, _signed(method, path, "demo-app", "demo-secret")):
+        r = await c.request(method, path, headers=headers)
+        assert r.status == 401 and (await r.json())["code"] == "unauthenticated"
+
+
+@pytest.mark.parametrize("path,status,field", [
+    ("/v1/ops/events/dead?limit=0", 400, "limit"),
+    ("/v1/ops/events/dead?limit=1001", 400, "limit"),
+    ("/v1/ops/events/dead?limit=ten", 400, "limit"),
+    ("/v1/ops/events/dead?limit=-1", 400, "limit"),
+])
+async def test_a_bad_limit_is_400(client: Any, path: str, status: int, field: str) -> None:
+    c, _, _ = client
+    r = await c.get(path, headers=_signed("GET", path))
+    body = await r.json()
+    assert (r.status, body["code"], body["errors"][0]["field"]) == (status, "invalid_request",
+                                                                    field)
+
+
+@pytest.mark.parametrize("event_id,status,code", [
+    ("nope", 400, "invalid_request"),
+    ("ev_P_local_s0_1_0midc1zoem0ak6m9dt2_paid", 400, "invalid_request"),     # no such status
+    ("ev_X_local_s0_1_0midc1zoem0ak6m9dt2_succeeded", 400, "invalid_request"),
+    ("ev_P_local_s0_1_short_failed", 400, "invalid_request"),                 # not an order id
+    ("ev_" + "P_local_s0_1_" + "a" * 90 + "_closed", 400, "invalid_request"),  # too long
+    ("ev_P_local_other_1_0midc1zoem0ak6m9dt2_succeeded", 404, "not_found"),   # another SET
+    ("ev_P_local_s0_7_0midc1zoem0ak6m9dt2_succeeded", 404, "not_found"),      # no shard 7
+    ("ev_R_eu_s0_0_0midc1zoem0ak6m9dt2_failed", 404, "not_found"),            # another region
+])
+async def test_a_bad_event_id_is_a_clear_4xx_and_nothing_is_asked(client: Any, event_id: str,
+                                                                  status: int,
+                                                                  code: str) -> None:
+    c, _, _ = client
+    path = f"/v1/ops/events/{event_id}/replay"
+    r = await c.post(path, headers=_signed("POST", path))
+    body = await r.json()
+    assert (r.status, body["code"]) == (status, code), body
+    if status == 400:
+        assert body["errors"][0]["field"] == "event_id"
+
+
+def test_parse_limit() -> None:
+    assert (parse_limit(None), parse_limit("1"), parse_limit("1000")) == (50, 1, 1000)
+    for bad in ("", "0", "1001", "1.5", "٣", " 5"):
+        with pytest.raises(Exception) as e:
+            parse_limit(bad)
+        assert getattr(e.value, "code", "") == "invalid_request", bad

@@ -790,3 +790,71 @@ async def test_the_close_is_marked_sent_before_the_channel_sees_it() -> None:
     w.channel.cancel = cancel  # type: ignore[method-assign]
     await w.run()
     assert seen == [True] and rec(w, o).status is OrderStatus.CLOSED
+
+
+# ---- counters for /metrics ----------------------------------------------------------------------
+
+async def test_stats_count_runs_settlements_mismatches_and_the_last_run() -> None:
+    w = World()
+    pending_paid = w.order()
+    w.channel.paid(pending_paid.order_id)
+    never_paid = w.order()
+    w.channel.trades[never_paid.order_id] = "WAITING"
+    twice = w.order(OrderStatus.SUCCEEDED)
+    w.channel.paid(twice.order_id, times=2)
+    w.channel.paid(make_order_id("local", "s0", 1, int((START + 10) * 1000), rand=999))
+    fetch = w.channel.statement
+
+    async def slow_statement(day: date) -> Statement:
+        w.clock.advance(7.5)                       # the run takes 7.5 s of the clock
+        return await fetch(day)
+    w.channel.statement = slow_statement           # type: ignore[method-assign]
+    assert await w.reconciler.stats() == {"runs_inflight": 0, "runs": {}, "settled": {},
+                                          "mismatches": {}, "last_run": {}}
+    started = w.clock.time()
+    first = await w.run()
+    second = await w.run()                         # settles nothing, reports the same
+    w.channel.fail.add("statement")
+    failed = await w.run()
+
+    assert (first["status"], second["status"], failed["status"]) == (
+        "complete", "complete", "failed")
+    s = await w.reconciler.stats()
+    assert s["runs"] == {"alipay": {"complete": 2, "failed": 1}}
+    assert s["settled"] == {"alipay": {"paid": 1, "closed": 1, "refunded": 1,
+                                       "refund_settled": 0}}
+    assert s["mismatches"] == {"alipay": {"missing_in_paycell": 2, "paid_twice": 2}}
+    assert s["last_run"] == {"alipay": {"day": DAY.isoformat(), "status": "failed",
+                                        "started_at": started + 15.0,
+                                        "finished_at": started + 22.5, "duration_s": 7.5}}
+    assert s["runs_inflight"] == 0
+
+
+def test_the_gateway_renders_the_reconciler_counters_for_prometheus() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+    from gateway.metrics import GatewayMetrics
+    m = GatewayMetrics()
+    assert b"paycell_reconciler" not in m.render()          # nothing until the actor answered
+    m.reconciler.update({
+        "runs_inflight": 1, "runs": {"alipay": {"complete": 2, "failed": 1}},
+        "settled": {"alipay": {"paid": 3, "closed": 1, "refunded": 1, "refund_settled": 0}},
+        "mismatches": {"alipay": {"paid_twice": 2}},
+        "last_run": {"alipay": {"day": "2026-11-25", "status": "complete",
+                                "started_at": 100.0, "finished_at": 107.5,
+                                "duration_s": 7.5}}})
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(m.render().decode())
+               for s in f.samples if s.name.startswith("paycell_reconciler")}
+    ch = ("channel", "alipay")
+    assert samples == {
+        ("paycell_reconciler_runs_total", (ch, ("outcome", "complete"))): 2.0,
+        ("paycell_reconciler_runs_total", (ch, ("outcome", "failed"))): 1.0,
+        ("paycell_reconciler_settled_total", (ch, ("kind", "closed"))): 1.0,
+        ("paycell_reconciler_settled_total", (ch, ("kind", "paid"))): 3.0,
+        ("paycell_reconciler_settled_total", (ch, ("kind", "refund_settled"))): 0.0,
+        ("paycell_reconciler_settled_total", (ch, ("kind", "refunded"))): 1.0,
+        ("paycell_reconciler_mismatches_total", (ch, ("kind", "paid_twice"))): 2.0,
+        ("paycell_reconciler_last_run_duration_seconds", (ch,)): 7.5,
+        ("paycell_reconciler_last_run_timestamp_seconds", (ch,)): 107.5,
+        ("paycell_reconciler_runs_inflight", ()): 1.0,
+    }
