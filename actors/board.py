@@ -67,8 +67,12 @@ class TaskBoard(Generic[K, V]):
         task.add_done_callback(functools.partial(self._mark_done, key))
         return task
 
-    def _mark_done(self, key: K, _task: object) -> None:
-        self._done_at[key] = asyncio.get_running_loop().time()
+    def _mark_done(self, key: K, task: asyncio.Task[V]) -> None:
+        # A done callback runs a loop turn after the task finished: a caller that saw it done
+        # meanwhile may have taken it already (or a new task holds the key). Marking a key the
+        # board no longer has would make _sweep take it again: a KeyError in every later call.
+        if self._tasks.get(key) is task:
+            self._done_at[key] = asyncio.get_running_loop().time()
 
     def _take(self, key: K) -> V:
         task = self._tasks.pop(key)
