@@ -75,13 +75,21 @@ def form_body(form: Mapping[str, str], charset: str) -> bytes:
 
 
 async def read_bounded(resp: aiohttp.ClientResponse, max_bytes: int, what: str) -> bytes:
-    """The whole body, or ProtocolError "<what> too large" past `max_bytes` (declared or read)."""
+    """The whole body, or ProtocolError "<what> too large" past `max_bytes` (declared or read).
+    StreamReader.read(n) answers what has arrived so far (up to n bytes), so it is read until
+    EOF: one read is only the first chunk of a body larger than the socket's buffer."""
     if (resp.content_length or 0) > max_bytes:
         raise ProtocolError(f"{what} too large")
-    body = await resp.content.read(max_bytes + 1)
-    if len(body) > max_bytes:
-        raise ProtocolError(f"{what} too large")
-    return body
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        part = await resp.content.read(max_bytes + 1 - size)
+        if not part:
+            return b"".join(parts)
+        parts.append(part)
+        size += len(part)
+        if size > max_bytes:
+            raise ProtocolError(f"{what} too large")
 
 
 async def guarded(what: str, send: Callable[[], Awaitable[T]], timed: bool = False) -> T:
