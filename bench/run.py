@@ -24,7 +24,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import orjson
 
@@ -47,10 +47,13 @@ BENCH_CHANNEL_QPS = 1_000_000
 # ---- the stack -------------------------------------------------------------------------------
 
 class Stack:
-    """One `paycell up` of our own, on free loopback ports."""
+    """One `paycell up` of our own, on free loopback ports; `env` overrides its environment
+    (PAYCELL_* settings), and `self.env` is what it ran with."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, env: Mapping[str, str] | None = None) -> None:
         self.work = work
+        self.extra_env = dict(env or {})
+        self.env: dict[str, str] = {}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = work / "paycell-up.log"
@@ -67,6 +70,8 @@ class Stack:
                    # rate limit (alipay.qps_max, default Alipay's 200/s) to measure paycell
                    **{f"PAYCELL_{ch.upper()}__QPS_MAX": str(BENCH_CHANNEL_QPS)
                       for ch in ("alipay", "wechatpay", "stripe", "unionpay", "qpay", "paypal")})
+        env.update(self.extra_env)
+        self.env = env
         script = Path(sys.executable).with_name("paycell")
         argv = [str(script), "up"] if script.exists() else [sys.executable, "-m", "gateway.cli",
                                                             "up"]
