@@ -62,8 +62,9 @@ PAYERS: dict[str, tuple[str, dict[str, str]]] = {   # channel -> (currency, paym
     "wechatpay": ("CNY", {"type": "barcode", "auth_code": "134567890123456789"}),
     "stripe": ("USD", {"type": "card", "token": "pm_card_visa"}),
 }
-CREATE_ATTEMPTS_MAX = 5        # per order, on 429/503 and connection errors (same key and body)
-CREATE_RETRY_S = 0.5
+CREATE_RETRY_FOR_S = 30.0      # per order, on 429/503 and connection errors (same key and body),
+CREATE_RETRY_S = 0.5           # as a merchant would: a 429 (the channel's breaker open for its
+                               # 10 s, say) or a 503 means "not taken now, try again"
 CREATE_RATE_FLOOR = 20.0       # orders/s: the creation phase times out below this
 CREATE_PROBLEMS_MAX = 100      # wrong answers before the creation phase gives up
 LADDER_WAIT_S = 60.0           # for the notified orders to be SUCCEEDED
@@ -93,12 +94,13 @@ async def create_day(url: str, channel: str, orders: list[DayOrder], concurrency
     async def one(c: PaycellClient, o: DayOrder) -> None:
         nonlocal done
         body = order_body(o, channel)
-        for _ in range(CREATE_ATTEMPTS_MAX):
+        deadline = time.monotonic() + CREATE_RETRY_FOR_S
+        while True:
             try:
                 status, reply = await c.create_order(body)
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                 status, reply = 0, {"error": type(e).__name__}
-            if status not in (0, 429, 503):
+            if status not in (0, 429, 503) or time.monotonic() > deadline:
                 break
             why = str(status or reply["error"])
             retried[why] = retried.get(why, 0) + 1
