@@ -30,6 +30,9 @@ class Load:
     errors: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     send_lag_p99_ms: float = float("nan")   # open loop: how far behind schedule sends went
+    # open loop: the 202 PENDING replies alone, from their actual send (the stack's own time
+    # to answer an order its channel did not settle within the sync deadline)
+    pending_latency_us: dict[str, float] = field(default_factory=dict)
 
 
 async def _open_loop(url: str, rate: float, seconds: float,
@@ -38,12 +41,14 @@ async def _open_loop(url: str, rate: float, seconds: float,
     n = len(pool)
     lat, lag, statuses = [], [], {"ok": 0, "succeeded": 0, "pending": 0, "non_2xx": 0,
                                   "errors": 0, "skipped": 0}
+    pending_lat: list[float] = []
     inflight: set[asyncio.Task[None]] = set()
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
 
     async def send(session: aiohttp.ClientSession, i: int, due: float) -> None:
         headers, body = pool[i]
-        lag.append(time.monotonic() - due)
+        sent = time.monotonic()
+        lag.append(sent - due)
         try:
             async with session.post(url + "/v1/orders", data=body,
                                     headers={**headers, "Content-Type": "application/json"}) as r:
@@ -51,8 +56,11 @@ async def _open_loop(url: str, rate: float, seconds: float,
         except (aiohttp.ClientError, asyncio.TimeoutError):
             statuses["errors"] += 1
             return
-        lat.append(time.monotonic() - due)   # from the intended send time: no omission
+        now = time.monotonic()
+        lat.append(now - due)   # from the intended send time: no omission
         _count(statuses, r.status, raw)
+        if r.status == 202:
+            pending_lat.append(now - sent)
 
     connector = aiohttp.TCPConnector(limit=OPEN_LOOP_INFLIGHT_MAX)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -72,7 +80,13 @@ async def _open_loop(url: str, rate: float, seconds: float,
         if inflight:
             await asyncio.wait(inflight, timeout=REQUEST_TIMEOUT_S + 1)
         wall = time.monotonic() - t0
-    return _open_load(statuses, sorted(lat), sorted(lag), wall, i, rate)
+    load = _open_load(statuses, sorted(lat), sorted(lag), wall, i, rate)
+    pending_lat.sort()
+    if pending_lat:
+        load.pending_latency_us = {"p50": procs.percentile(pending_lat, 50) * 1e6,
+                                   "p99": procs.percentile(pending_lat, 99) * 1e6,
+                                   "max": pending_lat[-1] * 1e6, "count": len(pending_lat)}
+    return load
 
 
 def _count(statuses: dict[str, int], status: int, raw: bytes) -> None:

@@ -256,7 +256,8 @@ def report(m: dict[str, Any]) -> dict[str, Any]:
             "cores_busy": {g: s / window for g, s in m["cpu_s"].items()},
             "idle_cores": m["idle"], "vanished_processes": m["vanished"],
             "machine": m["machine"], "notes": load.notes,
-            "send_lag_p99_ms": load.send_lag_p99_ms}
+            "send_lag_p99_ms": load.send_lag_p99_ms,
+            "pending_latency_us": load.pending_latency_us}
 
 
 def print_report(fig: dict[str, Any]) -> None:
@@ -270,6 +271,11 @@ def print_report(fig: dict[str, Any]) -> None:
     print(f"orders/s   {procs.fmt_num(fig['orders_per_s'])}  over {fig['load_wall_s']:.1f} s")
     print("latency    " + "  ".join(f"{k} {procs.fmt_ms(lat[k])}"
                                     for k in ("p50", "p97", "p99", "p99.9", "max") if k in lat))
+    pend = fig.get("pending_latency_us") or {}
+    if pend:
+        print(f"202s       {pend['count']:,} PENDING answered, from their send: p50 "
+              f"{procs.fmt_ms(pend['p50'])}  p99 {procs.fmt_ms(pend['p99'])}  "
+              f"max {procs.fmt_ms(pend['max'])}")
     idle = fig["idle_cores"]
     rows = [[g, f"{fig['cpu_s'][g]:.2f}", f"{fig['cores_busy'][g]:.2f}",
              f"{idle[g]:.2f}" if g in idle else "n/a", procs.fmt_num(fig["cpu_us_per_order"][g])]
