@@ -6,7 +6,7 @@ goes at once (no added latency at low load). While a call to a lane is in flight
 so batches grow with load: with `shard_calls_inflight_max` small, every call carries what arrived
 during the previous one. A reply the host did not have ready within its wait comes back later
 through a per-lane long poll (`collect`), so one slow order never holds up its batch or the
-next one. Bounds: calls in flight and queued requests per lane; past the queue bound a request
+next one; a ticket that turns late while a poll is out gets a poll of its own (a few per lane). Bounds: calls in flight and queued requests per lane; past the queue bound a request
 fails fast (503).
 """
 from __future__ import annotations
@@ -17,6 +17,8 @@ import secrets
 from typing import Awaitable, Callable, Generic, TypeVar
 
 from core.errors import Overloaded, PaycellError
+
+POLLS_INFLIGHT_MAX = 4   # long polls in flight per lane, each watching the tickets late at its start
 
 T = TypeVar("T")   # what a request carries to the shard
 R = TypeVar("R")   # what the shard answers for it
@@ -44,7 +46,8 @@ class ShardBatcher(Generic[T, R]):
         self._inflight = [0] * lanes
         self._timers: list[asyncio.TimerHandle | None] = [None] * lanes
         self._late: list[dict[str, asyncio.Future[R]]] = [{} for _ in range(lanes)]
-        self._collectors: list[asyncio.Task[None] | None] = [None] * lanes
+        self._watched: list[set[str]] = [set() for _ in range(lanes)]  # by a poll in flight
+        self._polls = [0] * lanes
         self._tasks: set[asyncio.Task[None]] = set()
         self._prefix = secrets.token_hex(4)
         self._seq = itertools.count()
@@ -91,11 +94,16 @@ class ShardBatcher(Generic[T, R]):
             replies = await self._submit(lane, [t for t, _, _, _ in batch],
                                          [s for _, s, _, _ in batch], [i for _, _, i, _ in batch])
             assert len(replies) == len(batch), (len(replies), len(batch))
+            late = 0
             for (ticket, _, _, fut), reply in zip(batch, replies):
                 if reply is None:
-                    self._await_late(lane, ticket, fut)
+                    self._late[lane][ticket] = fut
+                    late += 1
                 elif not fut.done():
                     fut.set_result(reply)
+            if late:
+                self.late += late
+                self._poll(lane)
         except PaycellError as e:
             for _, _, _, fut in batch:
                 if not fut.done():
@@ -105,29 +113,37 @@ class ShardBatcher(Generic[T, R]):
             if self._queues[lane]:
                 self._flush(lane)
 
-    def _await_late(self, lane: int, ticket: str, fut: asyncio.Future[R]) -> None:
+    def _poll(self, lane: int) -> None:
+        """Start a long poll for the late tickets that no poll in flight watches (at most
+        POLLS_INFLIGHT_MAX per lane). A poll answers when the first of its tickets is ready, so
+        a ticket must not wait behind a poll it is not in: a straggler of 60 ms would otherwise
+        wait for the poll that watches a hung charge's 800 ms deadline."""
         assert self._collect is not None, "a host answered None without a collect function"
-        self.late += 1
-        self._late[lane][ticket] = fut
-        collector = self._collectors[lane]
-        if collector is None or collector.done():
-            self._collectors[lane] = self._spawn(self._collect_loop(lane))
+        late, watched = self._late[lane], self._watched[lane]
+        if self._polls[lane] >= POLLS_INFLIGHT_MAX:
+            return
+        fresh = [t for t in late if t not in watched]
+        if fresh:
+            watched.update(fresh)
+            self._polls[lane] += 1
+            self._spawn(self._poll_once(lane, fresh))
 
-    async def _collect_loop(self, lane: int) -> None:
+    async def _poll_once(self, lane: int, tickets: list[str]) -> None:
         assert self._collect is not None
         late = self._late[lane]
-        while late:
-            tickets = list(late)
-            try:
-                got = await self._collect(lane, tickets)
-            except PaycellError as e:  # the host is gone: these clients retry with their key
-                for ticket in tickets:
-                    fut = late.pop(ticket)
-                    if not fut.done():
-                        fut.set_exception(e)
-                continue
-            for ticket, reply in got.items():
-                if ticket in late:
-                    fut = late.pop(ticket)
-                    if not fut.done():
-                        fut.set_result(reply)
+        try:
+            got = await self._collect(lane, tickets)
+        except PaycellError as e:  # the host is gone: these clients retry with their key
+            got = {}
+            for ticket in tickets:
+                fut = late.pop(ticket, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(e)
+        finally:
+            self._watched[lane].difference_update(tickets)
+            self._polls[lane] -= 1
+        for ticket, reply in got.items():
+            fut = late.pop(ticket, None)
+            if fut is not None and not fut.done():
+                fut.set_result(reply)
+        self._poll(lane)      # what is still late, and what came meanwhile

@@ -115,3 +115,43 @@ async def test_a_failed_collect_fails_the_waiting_requests():
     b = batcher(shard)
     with pytest.raises(Unavailable):
         await b.submit(0, "slow")
+
+
+class TimedHost:
+    """Each item is ready `delay` seconds after its batch arrived; a batch answers what is ready
+    within `wait_s`, and a collect answers when the first of its own tickets is ready."""
+    def __init__(self, delays, wait_s=0.02):
+        self.delays, self.wait_s = delays, wait_s
+        self.ready_at: dict[str, float] = {}
+        self.replies: dict[str, str] = {}
+        self.collects: list[list[str]] = []
+
+    async def submit(self, lane, tickets, shards, items):
+        now = asyncio.get_running_loop().time()
+        for t, item in zip(tickets, items):
+            self.ready_at[t], self.replies[t] = now + self.delays[item], f"ok:{item}"
+        await asyncio.sleep(self.wait_s)
+        now = asyncio.get_running_loop().time()
+        return [self.replies[t] if self.ready_at[t] <= now else None for t in tickets]
+
+    async def collect(self, lane, tickets):
+        self.collects.append(list(tickets))
+        first = min(self.ready_at[t] for t in tickets)
+        await asyncio.sleep(max(0.0, first - asyncio.get_running_loop().time()))
+        now = asyncio.get_running_loop().time()
+        return {t: self.replies[t] for t in tickets if self.ready_at[t] <= now}
+
+
+async def test_a_straggler_does_not_wait_behind_the_poll_of_a_hung_order():
+    host = TimedHost({"hung": 0.8, "straggler": 0.1})
+    b = ShardBatcher(host.submit, 1, lambda s: 0, batch_max=64, linger_us=500, inflight_max=1,
+                     queue_max=100, collect=host.collect)
+    loop = asyncio.get_running_loop()
+    hung = asyncio.ensure_future(b.submit(0, "hung"))
+    await asyncio.sleep(0.05)                  # the hung order's poll is out
+    t0 = loop.time()
+    assert await b.submit(0, "straggler") == "ok:straggler"
+    assert loop.time() - t0 < 0.3              # ~0.1 s, not the hung order's 0.8 s
+    assert await hung == "ok:hung"
+    assert host.collects[:2] == [[host.collects[0][0]], [host.collects[1][0]]]
+    assert b.late == 2
