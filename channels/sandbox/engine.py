@@ -137,9 +137,13 @@ class ChannelSandbox:
         if self.knobs.latency_ms:
             await asyncio.sleep(self.knobs.latency_ms / 1000)
 
-    def error_now(self) -> bool:
-        """One draw of the error_rate knob, for calls other than charges (query, close, refund)."""
-        return self.rng.random() < self.knobs.error_rate
+    def error_now(self, followup: bool = False) -> bool:
+        """One draw of the error_rate knob, for calls other than charges (query, close, refund);
+        a follow-up call (query, cancel, close, reverse) fails at the higher of error_rate and
+        followup_error_rate (a query outage that leaves charges working)."""
+        k = self.knobs
+        return self.rng.random() < (max(k.error_rate, k.followup_error_rate) if followup
+                                    else k.error_rate)
 
     def next_notify_id(self) -> str:
         self._notify_seq += 1

@@ -227,6 +227,8 @@ async def show_order(request: web.Request) -> web.Response:
     sb, refusal = await authorized(request)
     if refusal is not None:
         return refusal
+    if _followup_fails(sb):
+        return fail(500, "INTERNAL_SERVER_ERROR", sb)
     trade = _shown(sb, request, "order")
     if trade is None:
         return fail(404, "RESOURCE_NOT_FOUND", sb, "INVALID_RESOURCE_ID")
@@ -238,10 +240,18 @@ async def show_capture(request: web.Request) -> web.Response:
     sb, refusal = await authorized(request)
     if refusal is not None:
         return refusal
+    if _followup_fails(sb):
+        return fail(500, "INTERNAL_SERVER_ERROR", sb)
     trade = _shown(sb, request, "capture")
     if trade is None:
         return fail(404, "RESOURCE_NOT_FOUND", sb, "INVALID_RESOURCE_ID")
     return answer(200, v.capture(trade, sb.public_base), sb)
+
+
+def _followup_fails(sb: PayPalSandbox) -> bool:
+    """The followup_error_rate knob on a show call (a query; paycell's cancel starts with one).
+    No draw while it is off: error_rate never applied to show calls, seeded runs stay the same."""
+    return sb.knobs.followup_error_rate > 0 and sb.error_now(followup=True)
 
 
 # ---- refunds ------------------------------------------------------------------------------------

@@ -241,6 +241,26 @@ async def test_cancel_of_a_paid_trade(world: World, profile: Profile) -> None:
         assert (res.fact, row["refunded_amount"], row["status"]) == (Fact.PAID, 0, "PAID")
 
 
+async def test_followup_outage_fails_query_and_cancel_not_charges(world: World,
+                                                                  profile: Profile) -> None:
+    """followup_error_rate (bench.chaos's reconcile scenario): a paid trade's query and cancel
+    calls fail and change nothing, until the knob is off again."""
+    c = world.connector(profile.channel)
+    req, _ = await _paid(world, profile)
+    await world.knobs(profile.channel, followup_error_rate=1.0)
+    try:
+        with pytest.raises((OutcomeUnknown, NotSent)):
+            await c.query(req.order_id, req.currency)
+        with pytest.raises((OutcomeUnknown, NotSent)):
+            await c.cancel(req.order_id)
+        row = await world.ledger(profile.channel, req.order_id)
+        assert (row["status"], row["charges"], row["refunded_amount"]) == ("PAID", 1, 0)
+    finally:
+        await world.knobs(profile.channel, followup_error_rate=0.0)
+    queried = await c.query(req.order_id, req.currency)
+    assert (queried.fact, queried.amount) == (Fact.PAID, req.amount)
+
+
 # ---- refunds ----------------------------------------------------------------------------------
 
 async def test_full_refund_is_idempotent(world: World, profile: Profile) -> None:
