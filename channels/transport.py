@@ -66,11 +66,26 @@ class Transport:
                                      sock_connect=min(total_ms, CONNECT_TIMEOUT_MS_MAX) / 1000)
 
 
+async def read_upto(stream: aiohttp.StreamReader, max_bytes: int) -> bytes:
+    """The body to its end, or its first max_bytes + 1 bytes when it is longer. One
+    ``stream.read(n)`` is not enough: it returns what has arrived so far (a chunk of about
+    64 KiB of a larger answer), not n bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= max_bytes:
+        chunk = await stream.read(max_bytes + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 async def read_bounded(resp: aiohttp.ClientResponse, max_bytes: int, what: str) -> bytes:
     """The whole body, or ProtocolError "<what> too large" past `max_bytes` (declared or read)."""
     if (resp.content_length or 0) > max_bytes:
         raise ProtocolError(f"{what} too large")
-    body = await resp.content.read(max_bytes + 1)
+    body = await read_upto(resp.content, max_bytes)
     if len(body) > max_bytes:
         raise ProtocolError(f"{what} too large")
     return body

@@ -42,6 +42,7 @@ import orjson
 from aiohttp import web
 
 from channels.sandbox.knobs import Knobs
+from channels.transport import read_upto
 from channels.sandbox.ledger import (Ledger, LedgerFull, Refund, RefundRefused, RefundState,
                                      Trade, TradeStatus)
 from channels.sandbox.notifier import NOTIFY_QUEUE_MAX, NOTIFY_WORKERS, Delivery, Notifier
@@ -332,7 +333,7 @@ SANDBOX = web.AppKey("sandbox", ChannelSandbox)
 
 
 async def _read_json(request: web.Request) -> dict[str, Any]:
-    body = await request.content.read(CONTROL_BODY_MAX_BYTES + 1)
+    body = await read_upto(request.content, CONTROL_BODY_MAX_BYTES)
     data = orjson.loads(body or b"{}")
     if len(body) > CONTROL_BODY_MAX_BYTES or not isinstance(data, dict):
         raise ValueError("expected a small JSON object")

@@ -19,6 +19,7 @@ from channels.sandbox.ledger import (REFUSE_AMOUNT, REFUSE_CONFLICT, REFUSE_NOT_
                                      RefundRefused, Trade, TradeStatus)
 from channels.sandbox.paypal import (APP_ID, CERT_NAME, CLIENT_ID, CLIENT_SECRET, WEBHOOK_ID,
                                      PayPalSandbox)
+from channels.transport import read_upto
 
 BODY_MAX_BYTES = 65_536
 SEARCH_DAYS_MAX = 31
@@ -83,7 +84,7 @@ async def authorized_json(request: web.Request,
 
 
 async def read_json(request: web.Request) -> dict[str, Any] | None:
-    raw = await request.content.read(BODY_MAX_BYTES + 1)
+    raw = await read_upto(request.content, BODY_MAX_BYTES)
     try:
         body = orjson.loads(raw) if raw else {}
     except orjson.JSONDecodeError:
