@@ -95,6 +95,8 @@ POLL_EVERY_S = 0.5
 LOOKUPS_INFLIGHT_MAX = 32
 RECONCILE_TIMEOUT_S = 60.0
 RECONCILE_503_RETRIES = 10
+CONTROL_TIMEOUT = aiohttp.ClientTimeout(total=30.0)   # the sandbox's control and operator calls
+CONTROL_ATTEMPTS = 3
 
 SHARD_KILL_EVERY_S = 3.0
 REDIS_FAULT_EVERY_S = 6.0
@@ -135,19 +137,30 @@ class Faults:
         self.log.append((round(h.now(), 2), kind))
 
 
+async def _control(http: aiohttp.ClientSession, method: str, url: str,
+                   knobs: dict[str, Any] | None = None) -> Any:
+    """One call to the sandbox's control endpoints (the harness's own, not paycell's), with its
+    own timeout and a few attempts: a loaded two-core machine can stall one."""
+    for attempt in range(1, CONTROL_ATTEMPTS + 1):
+        try:
+            async with http.request(method, url, json=knobs, timeout=CONTROL_TIMEOUT) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"sandbox {method} {url}: {r.status} {await r.text()}")
+                return await r.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            if attempt == CONTROL_ATTEMPTS:
+                raise
+            await asyncio.sleep(1.0)
+
+
 async def set_knobs(http: aiohttp.ClientSession, sandbox_url: str, knobs: dict[str, Any]) -> None:
     for ch in LEDGER_CHANNELS:
-        async with http.post(f"{sandbox_url}/{ch}/_sandbox/knobs", json=knobs) as r:
-            if r.status != 200:
-                raise RuntimeError(f"{ch} sandbox refused {knobs}: {await r.text()}")
+        await _control(http, "POST", f"{sandbox_url}/{ch}/_sandbox/knobs", knobs)
 
 
 async def ledgers(http: aiohttp.ClientSession, sandbox_url: str) -> dict[str, dict[str, Any]]:
-    out = {}
-    for ch in LEDGER_CHANNELS:
-        async with http.get(f"{sandbox_url}/{ch}/_sandbox/ledger") as r:
-            out[ch] = await r.json()
-    return out
+    return {ch: await _control(http, "GET", f"{sandbox_url}/{ch}/_sandbox/ledger")
+            for ch in LEDGER_CHANNELS}
 
 
 async def every(period_s: float, until: float, rng: random.Random,
@@ -274,17 +287,29 @@ def injectors(kinds: frozenset[str], stack: ChaosStack, h: History, faults: Faul
 
 # ---- reconcile -------------------------------------------------------------------------------
 
-async def reconcile(url: str, channel: str, day: str, unavailable: list[str]) -> dict[str, Any]:
-    """Run the reconciler for one channel and day to its end; 503s (retried) go to
+async def _ops(ops: PaycellClient, method: str, path: str, channel: str,
+               unavailable: list[str]) -> tuple[int, dict[str, Any]]:
+    """One operator call; a 503 or no answer is retried (as an operator would), noted in
     ``unavailable``."""
+    for _ in range(RECONCILE_503_RETRIES):
+        try:
+            status, report, _ = await ops.request(method, path, None)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            status, report = 0, {"detail": type(e).__name__}
+        if status not in (0, 503):
+            return status, report
+        unavailable.append(f"{channel}: {status} {report.get('detail', '')}")
+        await asyncio.sleep(1.0)
+    return status, report
+
+
+async def reconcile(url: str, channel: str, day: str, unavailable: list[str]) -> dict[str, Any]:
+    """Run the reconciler for one channel and day to its end; 503s and unanswered calls
+    (retried) go to ``unavailable``."""
     path = f"/v1/ops/reconciliation/{channel}/{day}"
-    async with PaycellClient(url, OPERATOR_ID, OPERATOR_SECRET) as ops:
-        for _ in range(RECONCILE_503_RETRIES):
-            status, report, _ = await ops.request("POST", path, None)
-            if status != 503:
-                break
-            unavailable.append(f"{channel}: {report.get('detail', '')}")
-            await asyncio.sleep(1.0)       # as an operator would: 503 says try again
+    async with PaycellClient(url, OPERATOR_ID, OPERATOR_SECRET,
+                             timeout_s=CONTROL_TIMEOUT.total or 30.0) as ops:
+        status, report = await _ops(ops, "POST", path, channel, unavailable)
         if status not in (200, 202):
             raise RuntimeError(f"reconcile {channel}: {status} {report}")
         run = report["run"]
@@ -294,10 +319,9 @@ async def reconcile(url: str, channel: str, day: str, unavailable: list[str]) ->
                 raise RuntimeError(f"reconcile {channel} still running after "
                                    f"{RECONCILE_TIMEOUT_S:.0f} s")
             await asyncio.sleep(0.5)
-            status, report, _ = await ops.request("GET", path, None)
-            if status == 503:
-                unavailable.append(f"{channel}: {report.get('detail', '')}")
-                report = {"status": "running", "run": run}
+            status, report = await _ops(ops, "GET", path, channel, unavailable)
+            if status != 200:
+                raise RuntimeError(f"reconcile {channel}: {status} {report}")
         return report
 
 
@@ -367,107 +391,142 @@ async def drain_ladder(client: PaycellClient, h: History, ladder: Ladder, faults
 
 # ---- the run ---------------------------------------------------------------------------------
 
+def base_knobs(kinds: frozenset[str]) -> dict[str, Any]:
+    """The channel knobs a scenario keeps on for its whole load."""
+    knobs: dict[str, Any] = {}
+    if "channel_faults" in kinds:
+        knobs |= CHANNEL_KNOBS
+    if "notify_faults" in kinds:
+        knobs |= NOTIFY_KNOBS
+    return knobs
+
+
+def count_channel_faults(books: dict[str, dict[str, Any]], faults: Faults) -> None:
+    """The faults the sandbox injected (its ledgers count them) into ``faults``."""
+    for book in books.values():
+        for name, n in book["totals"].get("faults", {}).items():
+            faults.counts[f"channel_{name}"] = faults.counts.get(f"channel_{name}", 0) + n
+        for name in ("notifies_dropped", "notifies_duplicated"):
+            faults.counts[name] = faults.counts.get(name, 0) + book["totals"].get(name, 0)
+
+
+@dataclass
+class Reconciled:
+    cycles: int = 0
+    seconds: float = 0.0
+    reports: list[dict[str, Any]] = field(default_factory=list)
+    after: list[dict[str, Any]] = field(default_factory=list)   # the extra run on the drained state
+    unavailable: list[str] = field(default_factory=list)
+
+
+def _report(r: dict[str, Any], **where: Any) -> dict[str, Any]:
+    return {**where, "status": r.get("status"), "counts": r.get("counts", r.get("summary")),
+            "errors": r.get("errors", [])[:5]}
+
+
+async def reconcile_cycles(stack: ChaosStack, http: aiohttp.ClientSession,
+                           client: PaycellClient, h: History, found: dict[str, dict[str, Any]],
+                           day: str, cycles_max: int) -> Reconciled:
+    """While an order is not final or the money is off, one reconciler run per channel (a
+    cycle), at most ``cycles_max``; ``found`` is kept current."""
+    rc, t0 = Reconciled(), time.monotonic()
+    v = check(h, found, await ledgers(http, stack.sandbox_url))
+    while rc.cycles < cycles_max and (v["not_final"] or v["mismatch"] or v["wrong_total"]):
+        rc.cycles += 1
+        for ch in RECONCILE_CHANNELS:
+            r = await reconcile(stack.url, ch, day, rc.unavailable)
+            rc.reports.append(_report(r, cycle=rc.cycles, channel=ch))
+        money_off = v["mismatch"] or v["wrong_total"]     # may be about final orders too
+        found.update(await lookup(client, sorted(h.bodies) if money_off else
+                                  [k for k, o in found.items() if o.get("status") not in FINAL]))
+        v = check(h, found, await ledgers(http, stack.sandbox_url))
+    rc.seconds = time.monotonic() - t0
+    return rc
+
+
+async def final_check(stack: ChaosStack, http: aiohttp.ClientSession, client: PaycellClient,
+                      h: History, found: dict[str, dict[str, Any]], rc: Reconciled, day: str
+                      ) -> tuple[dict[str, dict[str, Any]], dict[str, list[Any]], int]:
+    """One more reconciler run on the drained state (it must change nothing), then the oracles
+    on everything paycell answers, stores and the channels hold: (orders, violations, number
+    of stored orders)."""
+    for ch in RECONCILE_CHANNELS:
+        rc.after.append(_report(await reconcile(stack.url, ch, day, rc.unavailable), channel=ch))
+    now = await lookup(client, sorted(h.bodies))
+    stored = await stack.stored_orders()
+    v = check(h, now, await ledgers(http, stack.sandbox_url), stored, APP_ID)
+    changed = sorted(k for k in found if now.get(k, {}).get("status") != found[k].get("status"))
+    if changed:
+        v["changed_by_extra_reconcile"] = changed
+    failed = [x for x in rc.reports + rc.after if x["status"] != "complete"]
+    if failed:
+        v["reconcile_failed"] = failed
+    return now, v, len(stored)
+
+
 async def drive(stack: ChaosStack, scenario: str, rate: float, duration_s: float, seed: int,
                 cycles_max: int) -> dict[str, Any]:
     rng = random.Random(seed)
     load_rng, fault_rng, retry_rng = (random.Random(rng.random()) for _ in range(3))
-    run = secrets.token_hex(3)
-    h, faults = History(), Faults()
+    h, faults, kinds = History(), Faults(), kinds_of(scenario)
     day = datetime.now(timezone.utc).date().isoformat()
     async with client_session() as http, \
             PaycellClient(stack.url, APP_ID, APP_SECRET, session=http,
                           timeout_s=REQUEST_TIMEOUT_S) as client:
-        kinds = kinds_of(scenario)
-        knobs: dict[str, Any] = {}
-        if "channel_faults" in kinds:
-            knobs |= CHANNEL_KNOBS
-        if "notify_faults" in kinds:
-            knobs |= NOTIFY_KNOBS
+        knobs = base_knobs(kinds)
         if knobs:
             await set_knobs(http, stack.sandbox_url, knobs)
-        orders = prepare(load_rng, run, math.ceil(rate * duration_s))   # signed before the clock
-        start = time.monotonic()
-        until = start + duration_s
-        fault_tasks = [asyncio.ensure_future(j) for j in
-                       injectors(kinds, stack, h, faults, http, client, fault_rng, start, until,
-                                 knobs)]
+        orders = prepare(load_rng, secrets.token_hex(3), math.ceil(rate * duration_s))
+        start = time.monotonic()                  # (the orders are signed before the clock)
+        fault_tasks = [asyncio.ensure_future(j) for j in injectors(
+            kinds, stack, h, faults, http, client, fault_rng, start, start + duration_s, knobs)]
         tasks = await open_loop(client, http, h, orders, rate, start, retry_rng)
         # faults stop: injectors finish their current fault (a restart completes), knobs off
         await asyncio.gather(*fault_tasks)
         await set_knobs(http, stack.sandbox_url, NO_KNOBS)
-        faults_end_t = h.now()
-        load_s = time.monotonic() - start
+        faults_end_t, load_s = h.now(), time.monotonic() - start
         await asyncio.gather(*tasks)
         clients_done_s = time.monotonic() - start
-        books = await ledgers(http, stack.sandbox_url)
-        for ch, book in books.items():
-            for name, n in book["totals"].get("faults", {}).items():
-                faults.counts[f"channel_{name}"] = faults.counts.get(f"channel_{name}", 0) + n
-            for name in ("notifies_dropped", "notifies_duplicated"):
-                faults.counts[name] = faults.counts.get(name, 0) + book["totals"].get(name, 0)
+        count_channel_faults(await ledgers(http, stack.sandbox_url), faults)
         # drain: the ladder first, then reconcile cycles while anything is off
-        found, ladder_s, left = await drain_ladder(client, h, Ladder.of(stack.settings.orders), faults_end_t)
-        books = await ledgers(http, stack.sandbox_url)
-        v = check(h, found, books)
-        cycles, reports, unavailable = 0, [], list[str]()
-        t_reconcile = time.monotonic()
-        while cycles < cycles_max and (v["not_final"] or v["mismatch"] or v["wrong_total"]):
-            cycles += 1
-            for ch in RECONCILE_CHANNELS:
-                r = await reconcile(stack.url, ch, day, unavailable)
-                reports.append({"cycle": cycles, "channel": ch, "status": r.get("status"),
-                                "counts": r.get("counts", r.get("summary")),
-                                "errors": r.get("errors", [])[:5]})
-            found.update(await lookup(client, [k for k, o in found.items()
-                                               if o.get("status") not in FINAL]))
-            books = await ledgers(http, stack.sandbox_url)
-            v = check(h, found, books)
-        reconcile_s = time.monotonic() - t_reconcile
-        # one more run of the reconciler on the drained state: it must change nothing
-        after = []
-        for ch in RECONCILE_CHANNELS:
-            r = await reconcile(stack.url, ch, day, unavailable)
-            after.append({"channel": ch, "status": r.get("status"),
-                          "errors": r.get("errors", [])[:5]})
-        found2 = await lookup(client, sorted(h.bodies))
-        books = await ledgers(http, stack.sandbox_url)
-        stored = await stack.stored_orders()
-        v = check(h, found2, books, stored, APP_ID)
-        changed = sorted(k for k in found if found2.get(k, {}).get("status")
-                         != found[k].get("status"))
-        if changed:
-            v.setdefault("changed_by_extra_reconcile", []).extend(changed)
-        failed = [x for x in reports + after if x["status"] != "complete"]
-        if failed:
-            v["reconcile_failed"] = failed
+        found, ladder_s, left = await drain_ladder(client, h, Ladder.of(stack.settings.orders),
+                                                   faults_end_t)
+        rc = await reconcile_cycles(stack, http, client, h, found, day, cycles_max)
+        now, v, stored = await final_check(stack, http, client, h, found, rc, day)
+    return {
+        "scenario": scenario, "rate": rate, "duration_s": duration_s, "seed": seed,
+        **_counts(h, now), "stored_orders": stored, "send_lag": lag_figures(h.send_lag_s),
+        "faults": faults.counts, "fault_log": faults.log,
+        "load_s": round(load_s, 1), "clients_done_s": round(clients_done_s, 1),
+        "ladder_drain_s": round(ladder_s, 1), "left_for_reconcile": len(left),
+        "reconcile_cycles_to_drain": rc.cycles, "reconcile_s": round(rc.seconds, 1),
+        "reconcile_cycles_max": cycles_max, "reconcile_reports": rc.reports,
+        "reconcile_after": rc.after, "reconcile_503": rc.unavailable,
+        "violations": {k: len(x) for k, x in v.items()},
+        "violation_examples": {k: x[:10] for k, x in v.items() if x},
+        "history": [asdict(a) for a in h.attempts],
+    }
+
+
+def _counts(h: History, now: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Orders, requests and answers of the history; final statuses and rungs of the orders."""
     statuses: dict[str, int] = {}
     resolved: dict[str, int] = {}
     reconciled: dict[str, int] = {}
-    for o in found2.values():
+    for o in now.values():
         statuses[o.get("status", "?")] = statuses.get(o.get("status", "?"), 0) + 1
         rb = o.get("resolved_by") or "-"
         resolved[rb] = resolved.get(rb, 0) + 1
         if rb == "reconcile":
             reconciled[o["status"]] = reconciled.get(o["status"], 0) + 1
     return {
-        "scenario": scenario, "rate": rate, "duration_s": duration_s, "seed": seed,
         "orders": len(h.bodies), "requests": len(h.attempts),
         "retries": len(h.attempts) - len(h.bodies),
         "no_answer": sum(1 for a in h.attempts if a.status == 0),
         "http_5xx": sum(1 for a in h.attempts if a.status >= 500),
         "http_429": sum(1 for a in h.attempts if a.status == 429),
-        "acknowledged": len(h.acked), "known_to_paycell": len(found2),
-        "stored_orders": len(stored), "send_lag": lag_figures(h.send_lag_s),
+        "acknowledged": len(h.acked), "known_to_paycell": len(now),
         "statuses": statuses, "resolved_by": resolved, "reconciled_to": reconciled,
-        "faults": faults.counts, "fault_log": faults.log,
-        "load_s": round(load_s, 1), "clients_done_s": round(clients_done_s, 1),
-        "ladder_drain_s": round(ladder_s, 1), "left_for_reconcile": len(left),
-        "reconcile_cycles_to_drain": cycles, "reconcile_s": round(reconcile_s, 1),
-        "reconcile_cycles_max": cycles_max, "reconcile_reports": reports,
-        "reconcile_after": after, "reconcile_503": unavailable,
-        "violations": {k: len(x) for k, x in v.items()},
-        "violation_examples": {k: x[:10] for k, x in v.items() if x},
-        "history": [asdict(a) for a in h.attempts],
     }
 
 
@@ -493,7 +552,7 @@ def run_scenario(scenario: str, rate: float, duration_s: float, seed: int,
 
 
 def violations(result: dict[str, Any]) -> int:
-    return sum(result["violations"].values())
+    return 1 if "error" in result else sum(result["violations"].values())
 
 
 def print_table(results: list[dict[str, Any]], probe: dict[str, Any] | None) -> None:
@@ -502,6 +561,9 @@ def print_table(results: list[dict[str, Any]], probe: dict[str, Any] | None) -> 
               f"{probe['connections']} connections, {probe['seconds']:g} s, the chaos mix, "
               f"p50 {probe['p50_ms']} ms, p99 {probe['p99_ms']} ms); rate used: half")
     for r in results:
+        if "error" in r:
+            print(f"\nchaos {r['scenario']}: did not complete: {r['error']}")
+            continue
         lag = r["send_lag"]
         print(f"\nchaos {r['scenario']}: {r['rate']:g}/s for {r['duration_s']:g} s, "
               f"seed {r['seed']}")
@@ -571,7 +633,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         dur = args.duration * (2 if name == "mixed" and args.scenario == "all" else 1)
         print(f"chaos: {name} ...", flush=True)
-        results.append(run_scenario(name, rate, dur, args.seed, args.cycles))
+        try:
+            results.append(run_scenario(name, rate, dur, args.seed, args.cycles))
+        except Exception as e:        # recorded (exit 1); the next scenario has its own stack
+            print(f"chaos: {name} did not complete: {e!r}", file=sys.stderr, flush=True)
+            results.append({"scenario": name, "rate": rate, "duration_s": dur,
+                            "error": f"{type(e).__name__}: {e}"})
     print_table(results, probe)
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"chaos-{args.scenario}-{time.strftime('%Y%m%dT%H%M%S')}.json"

@@ -157,7 +157,8 @@ async def open_loop(client: PaycellClient, http: aiohttp.ClientSession, h: Histo
 def lag_figures(lags: list[float]) -> dict[str, float]:
     """Send lag behind schedule, ms: p50, p99, max."""
     s = sorted(lags)
-    return {"p50_ms": round(percentile(s, 50) * 1e3, 1), "p99_ms": round(percentile(s, 99) * 1e3, 1),
+    return {"p50_ms": round(percentile(s, 50) * 1e3, 1),
+            "p99_ms": round(percentile(s, 99) * 1e3, 1),
             "max_ms": round((s[-1] if s else 0.0) * 1e3, 1)}
 
 
