@@ -192,23 +192,25 @@ def outage_window(duration_s: float) -> tuple[float, float]:
 def injectors(kinds: frozenset[str], stack: ChaosStack, h: History, faults: Faults,
               http: aiohttp.ClientSession, client: PaycellClient, rng: random.Random,
               start: float, until: float, base_knobs: dict[str, Any]) -> list[Awaitable[None]]:
+    """The fault jobs of ``kinds``. What blocks (psutil walks, waits for a process) runs in a
+    thread, so the open loop on this event loop keeps its schedule."""
     mixed = len(kinds & {"shard_kill", "redis_kill", "gateway_kill", "node_loss"}) > 1
     slower = MIXED_SLOWER if mixed else 1.0
     jobs: list[Awaitable[None]] = []
 
     if "shard_kill" in kinds:
         async def shard() -> None:
-            if stack.kill_shard(rng):
+            if await asyncio.to_thread(stack.kill_shard, rng):
                 faults.add(h, "shard_killed")
         jobs.append(every(SHARD_KILL_EVERY_S * slower, until, rng, shard))
 
     if "redis_kill" in kinds:
         async def redis() -> None:
             if rng.random() < 0.5:
-                stack.kill_redis()
+                await asyncio.to_thread(stack.kill_redis)
                 faults.add(h, "redis_killed")
                 await asyncio.sleep(REDIS_DOWN_S)
-                stack.start_redis()
+                await asyncio.to_thread(stack.start_redis)
             else:
                 stack.pause_redis(True)
                 faults.add(h, "redis_paused")
@@ -218,7 +220,7 @@ def injectors(kinds: frozenset[str], stack: ChaosStack, h: History, faults: Faul
 
     if "gateway_kill" in kinds:
         async def gateway() -> None:
-            stack.kill_gateway()
+            await asyncio.to_thread(stack.kill_gateway)
             faults.add(h, "gateway_killed")
             faults.counts["gateway_restart_s_max"] = max(
                 faults.counts.get("gateway_restart_s_max", 0),
@@ -229,7 +231,7 @@ def injectors(kinds: frozenset[str], stack: ChaosStack, h: History, faults: Faul
     if "node_loss" in kinds:
         async def node() -> None:
             await asyncio.sleep(NODE_LOSS_AT_S)
-            hosted = stack.kill_node()
+            hosted = await asyncio.to_thread(stack.kill_node)
             if hosted is not None:
                 faults.add(h, "node_lost")
                 for actor in hosted:
@@ -477,7 +479,7 @@ async def drive(stack: ChaosStack, scenario: str, rate: float, duration_s: float
         if knobs:
             await set_knobs(http, stack.sandbox_url, knobs)
         orders = prepare(load_rng, secrets.token_hex(3), math.ceil(rate * duration_s))
-        start = time.monotonic()                  # (the orders are signed before the clock)
+        start, cpu0 = time.monotonic(), time.process_time()   # (orders signed before this)
         fault_tasks = [asyncio.ensure_future(j) for j in injectors(
             kinds, stack, h, faults, http, client, fault_rng, start, start + duration_s, knobs)]
         tasks = await open_loop(client, http, h, orders, rate, start, retry_rng)
@@ -487,6 +489,7 @@ async def drive(stack: ChaosStack, scenario: str, rate: float, duration_s: float
         faults_end_t, load_s = h.now(), time.monotonic() - start
         await asyncio.gather(*tasks)
         clients_done_s = time.monotonic() - start
+        driver_cpu_s = time.process_time() - cpu0
         count_channel_faults(await ledgers(http, stack.sandbox_url), faults)
         # drain: the ladder first, then reconcile cycles while anything is off
         found, ladder_s, left = await drain_ladder(client, h, Ladder.of(stack.settings.orders),
@@ -496,6 +499,7 @@ async def drive(stack: ChaosStack, scenario: str, rate: float, duration_s: float
     return {
         "scenario": scenario, "rate": rate, "duration_s": duration_s, "seed": seed,
         **_counts(h, now), "stored_orders": stored, "send_lag": lag_figures(h.send_lag_s),
+        "driver_cpu_us_per_order": round(driver_cpu_s * 1e6 / max(1, len(orders))),
         "faults": faults.counts, "fault_log": faults.log,
         "load_s": round(load_s, 1), "clients_done_s": round(clients_done_s, 1),
         "ladder_drain_s": round(ladder_s, 1), "left_for_reconcile": len(left),
@@ -571,7 +575,8 @@ def print_table(results: list[dict[str, Any]], probe: dict[str, Any] | None) -> 
               f"requests {r['requests']} (retries {r['retries']}, no answer {r['no_answer']}, "
               f"5xx {r['http_5xx']}, 429 {r['http_429']})")
         print(f"  load generator send lag: p50 {lag['p50_ms']} ms, p99 {lag['p99_ms']} ms, "
-              f"max {lag['max_ms']} ms")
+              f"max {lag['max_ms']} ms; this process's CPU per order (load, retries, faults) "
+              f"{r['driver_cpu_us_per_order']} us")
         print(f"  final: {r['statuses']}  resolved by: {r['resolved_by']} (reconcile: "
               f"{r['reconciled_to']})")
         print("  faults: " + ", ".join(f"{k} {n}" for k, n in sorted(r["faults"].items())))
