@@ -39,7 +39,7 @@ CARD = ("USD", "pm_card_visa")
 
 REQUEST_TIMEOUT_S = 5.0      # one attempt
 RETRY_FOR_S = 90.0           # a client keeps retrying one key this long (covers a gateway restart)
-RETRY_BACKOFF_S = (0.2, 1.0)  # uniform backoff between attempts
+RETRY_BACKOFF_S = (0.2, 2.0)  # exponential backoff between attempts, from .. to, with jitter
 CLIENT_CONNECTIONS_MAX = 2048  # the load's HTTP connections (aiohttp's default 100 would queue)
 ORDERS_PATH = "/v1/orders"
 PRESIGNED_FOR_S = 200.0      # a pre-signed first attempt older than this is signed again (the
@@ -136,7 +136,15 @@ async def place(client: PaycellClient, http: aiohttp.ClientSession, h: History, 
             return                                  # refused: nothing to retry
         if time.monotonic() - start > RETRY_FOR_S:
             return                                  # indefinite: the oracles look it up
-        await asyncio.sleep(rng.uniform(*RETRY_BACKOFF_S))
+        await asyncio.sleep(backoff_s(n, rng))
+
+
+def backoff_s(attempt: int, rng: random.Random) -> float:
+    """The wait after a failed ``attempt`` (1-based): doubling from RETRY_BACKOFF_S[0] up to
+    RETRY_BACKOFF_S[1], each drawn from half of it to all of it (a fleet of clients retrying
+    after an outage does not come back in step, nor as a storm)."""
+    first, cap = RETRY_BACKOFF_S
+    return min(cap, first * 2 ** min(attempt - 1, 16)) * rng.uniform(0.5, 1.0)
 
 
 async def open_loop(client: PaycellClient, http: aiohttp.ClientSession, h: History,
