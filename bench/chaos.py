@@ -16,8 +16,8 @@ The load (bench/chaos_load.py) is open loop at ``--rate`` orders/s (default 40, 
 invocation (wrk closed loop, 64 connections, 10 s, on a stack of its own) and then runs at half of
 it; the run prints both and how far the Python generator fell behind its schedule (send lag).
 Every client retries with the same key and the same body on 5xx, 429, timeouts and connection
-errors, for up to RETRY_FOR_S. Every attempt is recorded: key, body hash, attempt, time, reply
-status and body (or the error).
+errors, backing off exponentially (0.2 s doubling to 2 s), for up to RETRY_FOR_S. Every attempt
+is recorded: key, body hash, attempt, time, reply status and body (or the error).
 
 Faults (a seeded schedule; ``--seed`` makes it the same run again):
 
@@ -39,15 +39,14 @@ Faults (a seeded schedule; ``--seed`` makes it the same run again):
   mixed           all of the above at once, process faults less often
   a+b             the named ones at once (e.g. shard_kill+channel_faults+notify_faults)
 
-After the load, faults stop (knobs back to none, Redis running, the gateway up), then the drain:
-the ladder (sync -> notify -> query) gets until every known order is final, or until every
-order still open is past the point where its shard gives up on it (the async window, then the
-cancel attempts, after its creation or the last fault; LADDER_SLACK_S more), at most
-LADDER_DRAIN_S; then, while an order is not final or does not match its channel, the
-reconciler runs once per channel (one "cycle"), up to ``--cycles`` (default 3), runs once more
-(it must change nothing), and the oracles run (bench/chaos_oracles.py): lost, unexpected (channel
-trades and the order records in the run's own Redis), duplicated, wrong_total (per currency),
-not_final, mismatch, divergent_replies.
+After the load, faults stop (knobs back to none, Redis running, the gateway up), then the drain
+(bench/chaos_drain.py): the ladder (sync -> notify -> query) gets until every known order is
+final, or until every order still open is past the point where its shard gives up on it; then,
+while an order is not final or does not match its channel, the reconciler runs once per channel
+(one "cycle"), up to ``--cycles`` (default 3), runs once more (it must change nothing; a run that
+does not complete is a violation too), and the oracles run (bench/chaos_oracles.py): lost,
+unexpected (channel trades and the order records in the run's own Redis), duplicated,
+wrong_total (per currency), not_final, mismatch, divergent_replies.
 
 It prints a table, writes JSON (with the whole history) under bench/results/, and exits 1 on any
 violation.
@@ -71,32 +70,21 @@ import aiohttp
 import orjson
 import uvloop
 
+from bench.chaos_drain import Ladder, drain_ladder, final_check, reconcile_cycles
 from bench.chaos_load import (APP_ID, APP_SECRET, REQUEST_TIMEOUT_S, client_session,
                               lag_figures, open_loop, prepare, probe_max)
-from bench.chaos_oracles import FINAL, ORACLES, History, check
-from bench.chaos_stack import ChaosStack, wait_ready
-from core.settings import OrderSettings
+from bench.chaos_oracles import ORACLES, History
+from bench.chaos_stack import LEDGER_CHANNELS, ChaosStack, ledgers, set_knobs, wait_ready
 from gateway.client import PaycellClient
 
-OPERATOR_ID, OPERATOR_SECRET = "local-operator", "local-operator-secret"
 RESULTS = Path(__file__).with_name("results")
 
 SCENARIOS = ("shard_kill", "channel_faults", "notify_faults", "redis_kill", "gateway_kill",
              "node_loss", "reconcile", "mixed")
-LEDGER_CHANNELS = ("alipay", "wechatpay", "stripe", "paypal")   # where the load can be charged
-RECONCILE_CHANNELS = LEDGER_CHANNELS
 
 DEFAULT_RATE = 40.0          # orders/s; --rate half measures the maximum and takes half
 DEFAULT_DURATION_S = 30.0
 DEFAULT_CYCLES = 3           # the stated bound: reconcile cycles to drain
-LADDER_DRAIN_S = 45.0        # the ladder's time to make every order final before reconciling
-LADDER_SLACK_S = 3.0         # past the point where a shard gives up on an order
-POLL_EVERY_S = 0.5
-LOOKUPS_INFLIGHT_MAX = 32
-RECONCILE_TIMEOUT_S = 60.0
-RECONCILE_503_RETRIES = 10
-CONTROL_TIMEOUT = aiohttp.ClientTimeout(total=30.0)   # the sandbox's control and operator calls
-CONTROL_ATTEMPTS = 3
 
 SHARD_KILL_EVERY_S = 3.0
 REDIS_FAULT_EVERY_S = 6.0
@@ -135,32 +123,6 @@ class Faults:
     def add(self, h: History, kind: str, n: int = 1) -> None:
         self.counts[kind] = self.counts.get(kind, 0) + n
         self.log.append((round(h.now(), 2), kind))
-
-
-async def _control(http: aiohttp.ClientSession, method: str, url: str,
-                   knobs: dict[str, Any] | None = None) -> Any:
-    """One call to the sandbox's control endpoints (the harness's own, not paycell's), with its
-    own timeout and a few attempts: a loaded two-core machine can stall one."""
-    for attempt in range(1, CONTROL_ATTEMPTS + 1):
-        try:
-            async with http.request(method, url, json=knobs, timeout=CONTROL_TIMEOUT) as r:
-                if r.status != 200:
-                    raise RuntimeError(f"sandbox {method} {url}: {r.status} {await r.text()}")
-                return await r.json()
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-            if attempt == CONTROL_ATTEMPTS:
-                raise
-            await asyncio.sleep(1.0)
-
-
-async def set_knobs(http: aiohttp.ClientSession, sandbox_url: str, knobs: dict[str, Any]) -> None:
-    for ch in LEDGER_CHANNELS:
-        await _control(http, "POST", f"{sandbox_url}/{ch}/_sandbox/knobs", knobs)
-
-
-async def ledgers(http: aiohttp.ClientSession, sandbox_url: str) -> dict[str, dict[str, Any]]:
-    return {ch: await _control(http, "GET", f"{sandbox_url}/{ch}/_sandbox/ledger")
-            for ch in LEDGER_CHANNELS}
 
 
 async def every(period_s: float, until: float, rng: random.Random,
@@ -287,110 +249,6 @@ def injectors(kinds: frozenset[str], stack: ChaosStack, h: History, faults: Faul
     return jobs
 
 
-# ---- reconcile -------------------------------------------------------------------------------
-
-async def _ops(ops: PaycellClient, method: str, path: str, channel: str,
-               unavailable: list[str]) -> tuple[int, dict[str, Any]]:
-    """One operator call; a 503 or no answer is retried (as an operator would), noted in
-    ``unavailable``."""
-    for _ in range(RECONCILE_503_RETRIES):
-        try:
-            status, report, _ = await ops.request(method, path, None)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-            status, report = 0, {"detail": type(e).__name__}
-        if status not in (0, 503):
-            return status, report
-        unavailable.append(f"{channel}: {status} {report.get('detail', '')}")
-        await asyncio.sleep(1.0)
-    return status, report
-
-
-async def reconcile(url: str, channel: str, day: str, unavailable: list[str]) -> dict[str, Any]:
-    """Run the reconciler for one channel and day to its end; 503s and unanswered calls
-    (retried) go to ``unavailable``."""
-    path = f"/v1/ops/reconciliation/{channel}/{day}"
-    async with PaycellClient(url, OPERATOR_ID, OPERATOR_SECRET,
-                             timeout_s=CONTROL_TIMEOUT.total or 30.0) as ops:
-        status, report = await _ops(ops, "POST", path, channel, unavailable)
-        if status not in (200, 202):
-            raise RuntimeError(f"reconcile {channel}: {status} {report}")
-        run = report["run"]
-        deadline = time.monotonic() + RECONCILE_TIMEOUT_S
-        while report.get("status") == "running" or report.get("run", 0) < run:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"reconcile {channel} still running after "
-                                   f"{RECONCILE_TIMEOUT_S:.0f} s")
-            await asyncio.sleep(0.5)
-            status, report = await _ops(ops, "GET", path, channel, unavailable)
-            if status != 200:
-                raise RuntimeError(f"reconcile {channel}: {status} {report}")
-        return report
-
-
-
-
-# ---- the drain -------------------------------------------------------------------------------
-
-async def lookup(client: PaycellClient, keys: list[str]) -> dict[str, dict[str, Any]]:
-    """key -> the order paycell has for it now (keys it does not know are left out)."""
-    out: dict[str, dict[str, Any]] = {}
-    sem = asyncio.Semaphore(LOOKUPS_INFLIGHT_MAX)
-
-    async def one(key: str) -> None:
-        async with sem:
-            for _ in range(5):
-                try:
-                    status, o = await client.find_order(key)
-                except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-                    await asyncio.sleep(0.5)
-                    continue
-                if status == 200:
-                    out[key] = o
-                if status < 500:
-                    return
-                await asyncio.sleep(0.5)
-    await asyncio.gather(*(one(k) for k in keys))
-    return out
-
-
-@dataclass(frozen=True)
-class Ladder:
-    """When a shard gives up on an order (paycell's settings): it queries until async_window
-    after the order's creation (or after a restart, query_first_delay after it), then sends
-    cancel_attempts_max cancels cancel_retry_interval apart; then the order waits for batch
-    reconciliation."""
-    async_window_s: float
-    query_first_delay_s: float
-    cancel_tail_s: float
-
-    @classmethod
-    def of(cls, o: OrderSettings) -> Ladder:
-        return cls(o.async_window_ms / 1000, o.query_first_delay_ms / 1000,
-                   (o.cancel_attempts_max - 1) * o.cancel_retry_interval_ms / 1000)
-
-    def gives_up_at(self, created_t: float, faults_end_t: float) -> float:
-        return (max(created_t + self.async_window_s, faults_end_t + self.query_first_delay_s)
-                + self.cancel_tail_s + LADDER_SLACK_S)
-
-
-async def drain_ladder(client: PaycellClient, h: History, ladder: Ladder, faults_end_t: float
-                       ) -> tuple[dict[str, dict[str, Any]], float, list[str]]:
-    """Wait for the ladder: (key -> order, seconds waited, keys still open at the end). Only the
-    open orders are looked up again (a final status does not change)."""
-    t0 = time.monotonic()
-    last_t: dict[str, float] = {}          # an order is created by one of its key's attempts
-    for a in h.attempts:
-        last_t[a.key] = max(last_t.get(a.key, 0.0), a.t)
-    found = await lookup(client, sorted(h.bodies))
-    while True:
-        still = sorted(k for k, o in found.items() if o.get("status") not in FINAL)
-        if (not still or time.monotonic() - t0 > LADDER_DRAIN_S
-                or all(h.now() > ladder.gives_up_at(last_t[k], faults_end_t) for k in still)):
-            return found, time.monotonic() - t0, still
-        await asyncio.sleep(POLL_EVERY_S)
-        found.update(await lookup(client, still))
-
-
 # ---- the run ---------------------------------------------------------------------------------
 
 def base_knobs(kinds: frozenset[str]) -> dict[str, Any]:
@@ -410,60 +268,6 @@ def count_channel_faults(books: dict[str, dict[str, Any]], faults: Faults) -> No
             faults.counts[f"channel_{name}"] = faults.counts.get(f"channel_{name}", 0) + n
         for name in ("notifies_dropped", "notifies_duplicated"):
             faults.counts[name] = faults.counts.get(name, 0) + book["totals"].get(name, 0)
-
-
-@dataclass
-class Reconciled:
-    cycles: int = 0
-    seconds: float = 0.0
-    reports: list[dict[str, Any]] = field(default_factory=list)
-    after: list[dict[str, Any]] = field(default_factory=list)   # the extra run on the drained state
-    unavailable: list[str] = field(default_factory=list)
-
-
-def _report(r: dict[str, Any], **where: Any) -> dict[str, Any]:
-    return {**where, "status": r.get("status"), "counts": r.get("counts", r.get("summary")),
-            "errors": r.get("errors", [])[:5]}
-
-
-async def reconcile_cycles(stack: ChaosStack, http: aiohttp.ClientSession,
-                           client: PaycellClient, h: History, found: dict[str, dict[str, Any]],
-                           day: str, cycles_max: int) -> Reconciled:
-    """While an order is not final or the money is off, one reconciler run per channel (a
-    cycle), at most ``cycles_max``; ``found`` is kept current."""
-    rc, t0 = Reconciled(), time.monotonic()
-    v = check(h, found, await ledgers(http, stack.sandbox_url))
-    while rc.cycles < cycles_max and (v["not_final"] or v["mismatch"] or v["wrong_total"]):
-        rc.cycles += 1
-        for ch in RECONCILE_CHANNELS:
-            r = await reconcile(stack.url, ch, day, rc.unavailable)
-            rc.reports.append(_report(r, cycle=rc.cycles, channel=ch))
-        money_off = v["mismatch"] or v["wrong_total"]     # may be about final orders too
-        found.update(await lookup(client, sorted(h.bodies) if money_off else
-                                  [k for k, o in found.items() if o.get("status") not in FINAL]))
-        v = check(h, found, await ledgers(http, stack.sandbox_url))
-    rc.seconds = time.monotonic() - t0
-    return rc
-
-
-async def final_check(stack: ChaosStack, http: aiohttp.ClientSession, client: PaycellClient,
-                      h: History, found: dict[str, dict[str, Any]], rc: Reconciled, day: str
-                      ) -> tuple[dict[str, dict[str, Any]], dict[str, list[Any]], int]:
-    """One more reconciler run on the drained state (it must change nothing), then the oracles
-    on everything paycell answers, stores and the channels hold: (orders, violations, number
-    of stored orders)."""
-    for ch in RECONCILE_CHANNELS:
-        rc.after.append(_report(await reconcile(stack.url, ch, day, rc.unavailable), channel=ch))
-    now = await lookup(client, sorted(h.bodies))
-    stored = await stack.stored_orders()
-    v = check(h, now, await ledgers(http, stack.sandbox_url), stored, APP_ID)
-    changed = sorted(k for k in found if now.get(k, {}).get("status") != found[k].get("status"))
-    if changed:
-        v["changed_by_extra_reconcile"] = changed
-    failed = [x for x in rc.reports + rc.after if x["status"] != "complete"]
-    if failed:
-        v["reconcile_failed"] = failed
-    return now, v, len(stored)
 
 
 async def drive(stack: ChaosStack, scenario: str, rate: float, duration_s: float, seed: int,

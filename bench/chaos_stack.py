@@ -12,8 +12,8 @@ here are the local sandbox, and the stack, not Stripe's 100 charges/s, is what i
 from __future__ import annotations
 
 import asyncio
-import random
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import aiohttp
 import orjson
 import psutil
 import redis.asyncio as aioredis
@@ -33,6 +34,9 @@ READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
 CHANNEL_QPS_LIFTED = 1_000_000
 QPS_CHANNELS = ("alipay", "wechatpay", "stripe", "unionpay", "qpay", "paypal")
+LEDGER_CHANNELS = ("alipay", "wechatpay", "stripe", "paypal")   # where the load can be charged
+CONTROL_TIMEOUT = aiohttp.ClientTimeout(total=30.0)   # the sandbox's control and operator calls
+CONTROL_ATTEMPTS = 3
 SCAN_COUNT = 1000            # keys per SCAN step when reading the stored orders
 MGET_MAX = 500               # records per MGET
 
@@ -278,3 +282,30 @@ async def wait_ready(url: str, timeout_s: float = READY_TIMEOUT_S) -> float:
         await asyncio.sleep(0.3)
     raise RuntimeError(f"{url} not ready after {timeout_s:.0f} s")
 
+
+# ---- the sandbox's control endpoints --------------------------------------------------------
+
+async def _control(http: aiohttp.ClientSession, method: str, url: str,
+                   knobs: dict[str, Any] | None = None) -> Any:
+    """One call to the sandbox's control endpoints (the harness's own, not paycell's), with its
+    own timeout and a few attempts: a loaded two-core machine can stall one."""
+    for attempt in range(1, CONTROL_ATTEMPTS + 1):
+        try:
+            async with http.request(method, url, json=knobs, timeout=CONTROL_TIMEOUT) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"sandbox {method} {url}: {r.status} {await r.text()}")
+                return await r.json()
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            if attempt == CONTROL_ATTEMPTS:
+                raise
+            await asyncio.sleep(1.0)
+
+
+async def set_knobs(http: aiohttp.ClientSession, sandbox_url: str, knobs: dict[str, Any]) -> None:
+    for ch in LEDGER_CHANNELS:
+        await _control(http, "POST", f"{sandbox_url}/{ch}/_sandbox/knobs", knobs)
+
+
+async def ledgers(http: aiohttp.ClientSession, sandbox_url: str) -> dict[str, dict[str, Any]]:
+    return {ch: await _control(http, "GET", f"{sandbox_url}/{ch}/_sandbox/ledger")
+            for ch in LEDGER_CHANNELS}

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bench import chaos
+from bench import chaos, chaos_drain
 from bench.chaos import kinds_of
 from bench.chaos_oracles import Attempt, History, check
 from core.settings import load_settings
@@ -102,7 +102,7 @@ def test_the_query_outage_outlasts_the_shortened_ladder(duration_s: float) -> No
     it; with paycell's default settings it would not be."""
     at, end = chaos.outage_window(duration_s)
     assert 0 < at < end <= duration_s
-    short = chaos.Ladder.of(load_settings(env=chaos.RECONCILE_SETTINGS).orders)
-    assert short.gives_up_at(at, 0.0) - chaos.LADDER_SLACK_S < end - 1.0
-    default = chaos.Ladder.of(load_settings(env={}).orders)
+    short = chaos_drain.Ladder.of(load_settings(env=chaos.RECONCILE_SETTINGS).orders)
+    assert short.gives_up_at(at, 0.0) - chaos_drain.LADDER_SLACK_S < end - 1.0
+    default = chaos_drain.Ladder.of(load_settings(env={}).orders)
     assert default.gives_up_at(at, 0.0) > end
