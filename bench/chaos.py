@@ -31,11 +31,11 @@ Faults (a seeded schedule; ``--seed`` makes it the same run again):
                   data and ports while clients keep retrying the same keys
   node_loss       two Ray nodes on loopback (PAYCELL_RAY__LOCAL_NODES=2); the second node's raylet
                   is SIGKILLed, its actors restart on the head
-  reconcile       a query outage: for OUTAGE_S the channels take payments (5% commit-then-drop)
-                  but drop every notification and fail every query and cancel
-                  (followup_error_rate), longer than paycell's async window and cancel retries
-                  (shortened for this scenario: RECONCILE_SETTINGS), so the orders in doubt are
-                  left PENDING for the third rung, batch reconciliation
+  reconcile       a query outage over the load's last OUTAGE_S: the channels take payments
+                  (commit-then-drop 5%) but drop every notification and fail every query and
+                  cancel (followup_error_rate), longer than paycell's async window and cancel
+                  retries (shortened for this scenario: RECONCILE_SETTINGS), so the orders in
+                  doubt are left PENDING for the third rung, batch reconciliation
   mixed           all of the above at once, process faults less often
   a+b             the named ones at once (e.g. shard_kill+channel_faults+notify_faults)
 
@@ -104,9 +104,8 @@ MIXED_SLOWER = 2.0           # mixed: process faults this many times less often
 # (async window, then cancel_attempts_max cancels) within the outage: ~5 s after its creation
 OUTAGE_KNOBS = {"followup_error_rate": 1.0, "notify_drop_rate": 1.0,
                 "commit_then_drop_rate": 0.05}
-OUTAGE_START = 0.3           # of the load's duration
-OUTAGE_S = (10.0, 0.4)       # at least 10 s, at least 40% of the load; ends with it at the latest
-RECONCILE_MIN_S = 10.0       # a shorter load leaves no order to the third rung
+OUTAGE_S = (10.0, 0.4)       # the load's last 10 s, or its last 40% if longer
+RECONCILE_MIN_S = 12.0       # a shorter load leaves (almost) no order to the third rung
 RECONCILE_SETTINGS = {"PAYCELL_ORDERS__QUERY_INTERVAL_MS": "1000",
                       "PAYCELL_ORDERS__ASYNC_WINDOW_MS": "4000",
                       "PAYCELL_ORDERS__CANCEL_RETRY_INTERVAL_MS": "1000",
@@ -146,9 +145,10 @@ def kinds_of(scenario: str) -> frozenset[str]:
 
 
 def outage_window(duration_s: float) -> tuple[float, float]:
-    """reconcile: (start, end) of the query outage in seconds after the load's start."""
-    start = OUTAGE_START * duration_s
-    return start, min(duration_s, start + max(OUTAGE_S[0], OUTAGE_S[1] * duration_s))
+    """reconcile: (start, end) of the query outage in seconds after the load's start. It ends
+    with the load: a later process fault (a restarted shard queries every open order again)
+    would let the ladder settle what the outage left."""
+    return max(0.0, duration_s - max(OUTAGE_S[0], OUTAGE_S[1] * duration_s)), duration_s
 
 
 def injectors(kinds: frozenset[str], stack: ChaosStack, h: History, faults: Faults,
