@@ -1,6 +1,7 @@
 """The one place that applies ray.remote: actor options, names, and deployment of a SET."""
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import ray
@@ -13,6 +14,7 @@ from actors.merchant_notify import MerchantNotifier
 from actors.reconcile_store import OrderReader, RefundLog, ReportStore
 from actors.reconciler import Reconciler
 from actors.shard import OrderShard, reply_board
+from actors.startup import until_answered
 from actors.store import OrderStore
 from channels.base import Connector
 from channels.registry import build_connector, enabled_channels
@@ -95,7 +97,8 @@ class LiveReconciler(Reconciler):
 
 def deploy(settings: Settings, timeout_s: float = 60) -> dict[str, Any]:
     """Create (or find) the shard actors and the reconciler of this SET and wait until they
-    answer.
+    answer, at most ``timeout_s``: one that cannot reach Redis yet is asked again
+    (actors.startup), so a launcher started while Redis restarts waits for it.
 
     Sync, for drivers and launchers only (never call it from async code on the hot path).
     """
@@ -108,9 +111,12 @@ def deploy(settings: Settings, timeout_s: float = 60) -> dict[str, Any]:
     reconciler_cls: Any = ray.remote(LiveReconciler)
     reconciler = reconciler_cls.options(name=reconciler_actor_name(set_name), namespace=ns,
                                         **_COMMON).remote(settings)
-    pings = ray.get([a.ping.remote() for a in hosts], timeout=timeout_s)
+    deadline = time.monotonic() + timeout_s
+    pings = until_answered(lambda left: ray.get([a.ping.remote() for a in hosts],
+                                                timeout=left), deadline)
     return {"hosts": pings, "nodes": len({p.get("node", "") for p in pings}),
-            "reconciler": ray.get(reconciler.ping.remote(), timeout=timeout_s)}
+            "reconciler": until_answered(lambda left: ray.get(reconciler.ping.remote(),
+                                                              timeout=left), deadline)}
 
 
 # A host asks for a sliver of a CPU so that Ray honours its node affinity: measured here, with

@@ -531,8 +531,10 @@ class OrderShard:
 
     async def _learn_locked(self, order_id: str, fact: Fact, rung: Rung, *, channel: str = "",
                             result: ChannelResult | None = None, failure_code: str = "",
-                            failure_message: str = "") -> Order | None:
-        """_learn, for a caller that holds the order's lock."""
+                            failure_message: str = "", cancel_answer: bool = False
+                            ) -> Order | None:
+        """_learn, for a caller that holds the order's lock; ``cancel_answer``: the fact is
+        what the order's cancel answered (it decides)."""
         order = await self._load(order_id)
         if order is None:
             return None
@@ -541,7 +543,8 @@ class OrderShard:
             # this fact waited for the lock makes it a fact about a channel the order left.
             self._stale_channel_fact(order, channel, fact)
             return order
-        if fact is Fact.PAID and order.cancel_sent and not order.status.is_final:
+        if fact is Fact.PAID and order.cancel_sent and not order.status.is_final \
+                and not cancel_answer:
             # Once a cancel may have reached the channel, only its answer decides: this payment
             # is one the cancel reverses (or reversed already, the notification being late).
             self.counters["paid_after_cancel"] += 1
@@ -726,6 +729,13 @@ class OrderShard:
                 code = "reversed_after_window" if result.action == "refund" else "closed_unpaid"
                 await self._learn_locked(oid, Fact.CLOSED, Rung.QUERY, result=result,
                                          failure_code=code)
+                self._cancel_attempts.pop(oid, None)
+                return
+            if result is not None and result.fact is Fact.PAID:
+                # A payment this channel cannot reverse (Stripe's succeeded PaymentIntent): the
+                # cancel's answer decides, as in reconcile_close; nothing is left to retry.
+                await self._learn_locked(oid, Fact.PAID, Rung.QUERY, result=result,
+                                         cancel_answer=True)
                 self._cancel_attempts.pop(oid, None)
                 return
         attempts = self._cancel_attempts.get(order.order_id, 0) + 1

@@ -74,22 +74,31 @@ def form_body(form: Mapping[str, str], charset: str) -> bytes:
     return urlencode(form, encoding=charset).encode(charset)
 
 
+async def read_upto(stream: aiohttp.StreamReader, max_bytes: int) -> bytes:
+    """The body to its end, or its first max_bytes + 1 bytes when it is longer. One
+    ``stream.read(n)`` is not enough: it returns what has arrived so far (a chunk of about
+    64 KiB of a larger answer), not n bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while size <= max_bytes:
+        chunk = await stream.read(max_bytes + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 async def read_bounded(resp: aiohttp.ClientResponse, max_bytes: int, what: str) -> bytes:
     """The whole body, or ProtocolError "<what> too large" past `max_bytes` (declared or read).
     StreamReader.read(n) answers what has arrived so far (up to n bytes), so it is read until
     EOF: one read is only the first chunk of a body larger than the socket's buffer."""
     if (resp.content_length or 0) > max_bytes:
         raise ProtocolError(f"{what} too large")
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        part = await resp.content.read(max_bytes + 1 - size)
-        if not part:
-            return b"".join(parts)
-        parts.append(part)
-        size += len(part)
-        if size > max_bytes:
-            raise ProtocolError(f"{what} too large")
+    body = await read_upto(resp.content, max_bytes)
+    if len(body) > max_bytes:
+        raise ProtocolError(f"{what} too large")
+    return body
 
 
 async def guarded(what: str, send: Callable[[], Awaitable[T]], timed: bool = False) -> T:

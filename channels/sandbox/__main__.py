@@ -41,8 +41,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                  "refund_delay_ms"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     for name in ("hang_rate", "decline_rate", "commit_then_drop_rate", "error_rate",
-                 "notify_drop_rate",
-                 "notify_duplicate_rate"):
+                 "followup_error_rate", "notify_drop_rate", "notify_duplicate_rate"):
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     p.add_argument("--naive-charge", action="store_true")
     p.add_argument("--notify-retry-ms", type=_ms_list, default=list(d.notify_retry_ms),

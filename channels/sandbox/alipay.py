@@ -201,6 +201,7 @@ async def gateway(request: web.Request) -> web.StreamResponse:
     biz = read_biz(params)
     if biz is None or (method in NEEDS_TRADE_NO and not biz.get("out_trade_no")):
         return sb.answer(method, r.business("ACQ.INVALID_PARAMETER", "参数无效"))
-    if method != tf.METHOD_PAY and sb.error_now():
+    if method != tf.METHOD_PAY and sb.error_now(
+            followup=method in (tf.METHOD_QUERY, tf.METHOD_CANCEL)):
         return sb.answer(method, r.unknown_error())
     return await HANDLERS[method](request, sb, params, biz)

@@ -42,6 +42,7 @@ import orjson
 from aiohttp import web
 
 from channels.sandbox.knobs import Knobs
+from channels.transport import read_upto
 from channels.sandbox.ledger import (Ledger, LedgerFull, Refund, RefundRefused, RefundState,
                                      Trade, TradeStatus)
 from channels.sandbox.notifier import NOTIFY_QUEUE_MAX, NOTIFY_WORKERS, Delivery, Notifier
@@ -137,9 +138,13 @@ class ChannelSandbox:
         if self.knobs.latency_ms:
             await asyncio.sleep(self.knobs.latency_ms / 1000)
 
-    def error_now(self) -> bool:
-        """One draw of the error_rate knob, for calls other than charges (query, close, refund)."""
-        return self.rng.random() < self.knobs.error_rate
+    def error_now(self, followup: bool = False) -> bool:
+        """One draw of the error_rate knob, for calls other than charges (query, close, refund);
+        a follow-up call (query, cancel, close, reverse) fails at the higher of error_rate and
+        followup_error_rate (a query outage that leaves charges working)."""
+        k = self.knobs
+        return self.rng.random() < (max(k.error_rate, k.followup_error_rate) if followup
+                                    else k.error_rate)
 
     def next_notify_id(self) -> str:
         self._notify_seq += 1
@@ -328,7 +333,7 @@ SANDBOX = web.AppKey("sandbox", ChannelSandbox)
 
 
 async def _read_json(request: web.Request) -> dict[str, Any]:
-    body = await request.content.read(CONTROL_BODY_MAX_BYTES + 1)
+    body = await read_upto(request.content, CONTROL_BODY_MAX_BYTES)
     data = orjson.loads(body or b"{}")
     if len(body) > CONTROL_BODY_MAX_BYTES or not isinstance(data, dict):
         raise ValueError("expected a small JSON object")

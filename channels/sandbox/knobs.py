@@ -21,6 +21,8 @@ class Knobs:
     hang_ms: int = 3000
     commit_then_drop_rate: float = 0.0   # pay: commit, then close the connection without answer
     error_rate: float = 0.0              # any method: answer 20000 and do nothing
+    followup_error_rate: float = 0.0     # query and cancel (close, reverse) only: as error_rate;
+                                         # charges, refunds and statements are not affected
     notify_drop_rate: float = 0.0        # a notification is never sent
     notify_delay_ms: int = 200           # before the first delivery (after the pay answer, as at Alipay)
     notify_duplicate_rate: float = 0.0   # a notification is delivered twice (same notify_id)

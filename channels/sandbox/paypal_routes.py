@@ -19,6 +19,7 @@ from channels.sandbox.ledger import (REFUSE_AMOUNT, REFUSE_CONFLICT, REFUSE_NOT_
                                      RefundRefused, Trade, TradeStatus)
 from channels.sandbox.paypal import (APP_ID, CERT_NAME, CLIENT_ID, CLIENT_SECRET, WEBHOOK_ID,
                                      PayPalSandbox)
+from channels.transport import read_upto
 
 BODY_MAX_BYTES = 65_536
 SEARCH_DAYS_MAX = 31
@@ -83,7 +84,7 @@ async def authorized_json(request: web.Request,
 
 
 async def read_json(request: web.Request) -> dict[str, Any] | None:
-    raw = await request.content.read(BODY_MAX_BYTES + 1)
+    raw = await read_upto(request.content, BODY_MAX_BYTES)
     try:
         body = orjson.loads(raw) if raw else {}
     except orjson.JSONDecodeError:
@@ -227,6 +228,8 @@ async def show_order(request: web.Request) -> web.Response:
     sb, refusal = await authorized(request)
     if refusal is not None:
         return refusal
+    if _followup_fails(sb):
+        return fail(500, "INTERNAL_SERVER_ERROR", sb)
     trade = _shown(sb, request, "order")
     if trade is None:
         return fail(404, "RESOURCE_NOT_FOUND", sb, "INVALID_RESOURCE_ID")
@@ -238,10 +241,18 @@ async def show_capture(request: web.Request) -> web.Response:
     sb, refusal = await authorized(request)
     if refusal is not None:
         return refusal
+    if _followup_fails(sb):
+        return fail(500, "INTERNAL_SERVER_ERROR", sb)
     trade = _shown(sb, request, "capture")
     if trade is None:
         return fail(404, "RESOURCE_NOT_FOUND", sb, "INVALID_RESOURCE_ID")
     return answer(200, v.capture(trade, sb.public_base), sb)
+
+
+def _followup_fails(sb: PayPalSandbox) -> bool:
+    """The followup_error_rate knob on a show call (a query; paycell's cancel starts with one).
+    No draw while it is off: error_rate never applied to show calls, seeded runs stay the same."""
+    return sb.knobs.followup_error_rate > 0 and sb.error_now(followup=True)
 
 
 # ---- refunds ------------------------------------------------------------------------------------

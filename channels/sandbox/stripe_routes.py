@@ -37,6 +37,11 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v1/balance_transactions", api(list_balance))
 
 
+# the calls a query or a cancel makes (the followup_error_rate knob fails them too)
+FOLLOWUP_HANDLERS = frozenset({"list_intents", "search_intents", "retrieve_intent",
+                               "cancel_intent"})
+
+
 class Invalid(Exception):
     """A request refused before the endpoint runs: answered, never saved under its key."""
 
@@ -79,6 +84,8 @@ async def _params(request: web.Request) -> tuple[dict[str, Any], tuple[tuple[str
 
 
 def api(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    followup = handler.__name__ in FOLLOWUP_HANDLERS
+
     async def run(request: web.Request) -> web.StreamResponse:
         sb = request.app[SANDBOX]
         assert isinstance(sb, StripeSandbox)
@@ -95,7 +102,7 @@ def api(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamRespons
             params, fingerprint = await _params(request)
         except (ValueError, UnicodeDecodeError) as e:
             return _json(400, so.error(f"Invalid request: {e}"), headers)
-        if sb.error_now():
+        if sb.error_now(followup=followup):
             return _json(500, so.api_error(), headers)
         key = request.headers.get("Idempotency-Key", "")
         if request.method != "POST" or not key or (sb.knobs.naive_charge

@@ -219,7 +219,8 @@ async def back_trans(request: web.Request) -> web.StreamResponse:
     txn_type = form["txnType"]
     if txn_type == tf.TXN_CONSUME:
         return await consume(request, sb, form)
-    if txn_type in (tf.TXN_REFUND, tf.TXN_CANCEL, tf.TXN_REVERSAL) and sb.error_now():
+    if txn_type in (tf.TXN_REFUND, tf.TXN_CANCEL, tf.TXN_REVERSAL) and sb.error_now(
+            followup=txn_type != tf.TXN_REFUND):
         return sb.answer(form, "03")
     if txn_type == tf.TXN_REFUND:
         return refund(sb, form)
@@ -328,7 +329,7 @@ async def query_trans(request: web.Request) -> web.StreamResponse:
         return refused
     if form["txnType"] != tf.TXN_QUERY or not form.get("orderId"):
         return sb.answer(form, "13")
-    if sb.error_now():
+    if sb.error_now(followup=True):
         return sb.answer(form, "03")
     order_id, at = form["orderId"], form["txnTime"]
     refund_of = sb.by_refund_order.get(order_id)

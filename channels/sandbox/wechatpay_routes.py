@@ -160,7 +160,7 @@ async def query(request: web.Request, sb: WechatPaySandbox,
                 data: dict[str, Any]) -> web.StreamResponse:
     if request.query.get("mchid") != sb.mchid:
         return sb.error(400, "PARAM_ERROR", "mchid 与请求方商户号不一致")
-    if sb.error_now():
+    if sb.error_now(followup=True):
         return sb.error(500, "SYSTEM_ERROR", "系统错误")
     trade = sb.ledger.get(request.match_info["out_trade_no"])
     if trade is None or not trade.exists:
@@ -174,7 +174,7 @@ async def close(request: web.Request, sb: WechatPaySandbox,
     refusal = _merchant_error(sb, data, with_appid=False)
     if refusal is not None:
         return refusal
-    if sb.error_now():
+    if sb.error_now(followup=True):
         return sb.error(500, "SYSTEM_ERROR", "系统错误")
     try:
         trade = sb.ledger.ensure(request.match_info["out_trade_no"], 0)
@@ -190,7 +190,7 @@ async def reverse(request: web.Request, sb: WechatPaySandbox,
     refusal = _merchant_error(sb, data)
     if refusal is not None:
         return refusal
-    if sb.error_now():
+    if sb.error_now(followup=True):
         return sb.error(500, "SYSTEM_ERROR", "系统错误")
     otn = request.match_info["out_trade_no"]
     try:

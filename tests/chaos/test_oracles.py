@@ -1,12 +1,15 @@
-"""The chaos oracles on made-up histories and ledgers (no processes): each one fires on its
-violation and stays quiet on a clean run."""
+"""The chaos oracles on made-up histories, ledgers and stored records (no processes): each one
+fires on its violation and stays quiet on a clean run; and the reconcile scenario's timing."""
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
 
-from bench.chaos import Attempt, History, check, kinds_of
+from bench import chaos, chaos_drain
+from bench.chaos import kinds_of
+from bench.chaos_oracles import Attempt, History, check
+from core.settings import load_settings
 
 
 def _order(oid: str, status: str, amount: int = 600, channel: str = "alipay",
@@ -67,3 +70,39 @@ def test_scenarios_compose_and_unknown_ones_are_refused() -> None:
     assert "node_loss" in kinds_of("mixed") and "mixed" not in kinds_of("mixed")
     with pytest.raises(ValueError):
         kinds_of("shard_kill+nope")
+
+
+def _stored(o: dict[str, Any], app_id: str = "demo-app") -> dict[str, Any]:
+    return {"order_id": o["order_id"], "app_id": app_id, "out_trade_no": o["out_trade_no"],
+            "status": o["status"]}
+
+
+def _unexpected(orders: dict[str, dict[str, Any]], stored: list[dict[str, Any]]) -> int:
+    h, books = _run(orders, {oid: _trade(1) for oid in orders})
+    found = {o["out_trade_no"]: o for o in orders.values()}
+    return len(check(h, found, books, stored, "demo-app")["unexpected"])
+
+
+def test_stored_orders_no_key_asked_for_are_unexpected() -> None:
+    orders = {"a": _order("a", "SUCCEEDED"), "b": _order("b", "SUCCEEDED")}
+    clean = [_stored(o) for o in orders.values()]
+    assert _unexpected(orders, clean) == 0
+    stray = _stored(_order("z", "FAILED"))                        # a key no client sent
+    assert _unexpected(orders, clean + [stray]) == 1
+    second = {**_stored(orders["a"]), "order_id": "a2"}          # a second order for key "ka"
+    assert _unexpected(orders, clean + [second]) == 1
+    other_app = _stored(orders["b"], app_id="another-app")       # the key, but another app's
+    assert _unexpected(orders, clean + [other_app]) == 1
+
+
+@pytest.mark.parametrize("duration_s", [chaos.RECONCILE_MIN_S, 15.0, 30.0, 80.0])
+def test_the_query_outage_outlasts_the_shortened_ladder(duration_s: float) -> None:
+    """reconcile: an order left in doubt when the outage starts is given up by its shard
+    (async window, then every cancel) before the outage ends, so the third rung must settle
+    it; with paycell's default settings it would not be."""
+    at, end = chaos.outage_window(duration_s)
+    assert 0 < at < end <= duration_s
+    short = chaos_drain.Ladder.of(load_settings(env=chaos.RECONCILE_SETTINGS).orders)
+    assert short.gives_up_at(at, 0.0) - chaos_drain.LADDER_SLACK_S < end - 1.0
+    default = chaos_drain.Ladder.of(load_settings(env={}).orders)
+    assert default.gives_up_at(at, 0.0) > end

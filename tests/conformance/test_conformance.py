@@ -21,6 +21,7 @@ from tests.conformance.profiles import Profile
 pytestmark = pytest.mark.integration
 
 MAJOR = 100          # every conformance currency has 2 decimals
+BUSY_DAY_PAYMENTS = 150
 
 
 def _order(p: Profile, ending: int, major: int = 12) -> ChargeRequest:
@@ -241,6 +242,26 @@ async def test_cancel_of_a_paid_trade(world: World, profile: Profile) -> None:
         assert (res.fact, row["refunded_amount"], row["status"]) == (Fact.PAID, 0, "PAID")
 
 
+async def test_followup_outage_fails_query_and_cancel_not_charges(world: World,
+                                                                  profile: Profile) -> None:
+    """followup_error_rate (bench.chaos's reconcile scenario): a paid trade's query and cancel
+    calls fail and change nothing, until the knob is off again."""
+    c = world.connector(profile.channel)
+    req, _ = await _paid(world, profile)
+    await world.knobs(profile.channel, followup_error_rate=1.0)
+    try:
+        with pytest.raises((OutcomeUnknown, NotSent)):
+            await c.query(req.order_id, req.currency)
+        with pytest.raises((OutcomeUnknown, NotSent)):
+            await c.cancel(req.order_id)
+        row = await world.ledger(profile.channel, req.order_id)
+        assert (row["status"], row["charges"], row["refunded_amount"]) == ("PAID", 1, 0)
+    finally:
+        await world.knobs(profile.channel, followup_error_rate=0.0)
+    queried = await c.query(req.order_id, req.currency)
+    assert (queried.fact, queried.amount) == (Fact.PAID, req.amount)
+
+
 # ---- refunds ----------------------------------------------------------------------------------
 
 async def test_full_refund_is_idempotent(world: World, profile: Profile) -> None:
@@ -310,3 +331,17 @@ async def test_statement_lists_payments_and_refunds(world: World, profile: Profi
                                            if x.kind is StatementKind.PAYMENT)
     assert statement.refunds_total == sum(x.amount for x in statement.lines
                                           if x.kind is StatementKind.REFUND)
+
+
+async def test_a_busy_day_statement_is_read_whole(world: World, profile: Profile) -> None:
+    """More payments than one page and one 64 KiB read of the answer (Stripe's 100 expanded
+    balance transactions are ~70 KiB; a single StreamReader.read cut them, see
+    tests/unit/test_transport.py)."""
+    c = world.connector(profile.channel)
+    reqs = [_order(profile, 0, major=50 + i % 40) for i in range(BUSY_DAY_PAYMENTS)]
+    for req in reqs:
+        assert (await c.charge(req)).fact is Fact.PAID
+    statement = await c.statement(datetime.now(timezone.utc).date())
+    lines = {x.order_id: x for x in statement.lines if x.kind is StatementKind.PAYMENT}
+    assert [(lines[r.order_id].amount, lines[r.order_id].currency) for r in reqs if
+            r.order_id in lines] == [(r.amount, r.currency) for r in reqs]

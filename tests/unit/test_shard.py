@@ -101,6 +101,7 @@ class ScriptedChannel:
         self.cancels: list[str] = []
         self.charge_delay_s = charge_delay_s
         self.query_fact = Fact.PAID
+        self.cancel_fact = Fact.CLOSED       # PAID: a payment the channel cannot reverse
         self.charge_behaviour = "paid"
         # refunds: a tiny channel ledger, one refund per merchant refund number
         self.refund_behaviour = "succeeded"  # succeeded|pending|failed|lost|error|not_sent|
@@ -157,6 +158,9 @@ class ScriptedChannel:
 
     async def cancel(self, channel, order_id):
         self.cancels.append(order_id)
+        if self.cancel_fact is Fact.PAID:
+            return ChannelResult(Fact.PAID, channel_trade_no="TC", amount=600,
+                                 raw_status="succeeded")
         return ChannelResult(Fact.CLOSED, action="close")
 
     def capabilities(self, channel):
@@ -297,6 +301,25 @@ async def test_waiting_until_window_end_is_cancelled_and_closed():
     o = await wait_for_status(sh, r["order"]["order_id"], "CLOSED")
     assert o["resolved_by"] == "query" and ch.cancels == [r["order"]["order_id"]]
     assert len(ch.queries) >= 3 and len(ch.charges) == 1
+
+
+async def test_a_cancel_answered_paid_settles_the_order_at_once():
+    """At the window's end the cancel of a payment the channel cannot reverse (Stripe's
+    succeeded PaymentIntent) answers PAID: that answer decides, as it does for the reconciler's
+    close; the order is not left PENDING for batch reconciliation after more cancels (found
+    by bench.chaos mixed: Stripe orders whose queries failed were left to the third rung)."""
+    ch = ScriptedChannel()
+    ch.charge_behaviour = "unknown"
+    ch.query_fact = Fact.WAITING
+    ch.cancel_fact = Fact.PAID
+    sh = shard(channel=ch, cancel_retry_interval_ms=50)
+    [r] = await sh.submit([cmd()])
+    assert r["http"] == 202
+    oid = r["order"]["order_id"]
+    o = await wait_for_status(sh, oid, "SUCCEEDED")
+    assert (o["resolved_by"], o["channel_trade_no"]) == ("query", "TC")
+    await asyncio.sleep(0.3)                      # several retry intervals: no second cancel
+    assert ch.cancels == [oid] and ch.charges == [oid]
 
 
 async def test_restarted_shard_rebuilds_open_orders_and_only_queries_them():
