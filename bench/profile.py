@@ -45,7 +45,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
         "aiohttp/client", "aiohttp/connector", "aiohttp/formdata", "aiohttp/payload",
         "aiohttp/multipart")),
     ("HTTP server (aiohttp web)", (
-        "aiohttp/web_", "aiohttp/http_writer", "aiohttp/http_parser")),
+        "aiohttp/web_", "aiohttp/http_writer")),
     ("Redis client (redis-py)", ("redis/", "actors/store.py", "gateway/auth.py")),
     ("Ray (actor calls, serialization)", ("ray/",)),
     ("paycell logic (orders, routing, batching, metrics)", (
