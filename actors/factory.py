@@ -7,6 +7,7 @@ from typing import Any
 import ray
 import redis.asyncio as aioredis
 
+from actors.board import TaskBoard
 from actors.host import ShardHost
 from actors.names import host_count, reconciler_actor_name, shard_host_name, shards_of
 from actors.local_channels import LocalChannelPort
@@ -22,7 +23,8 @@ from core.logs import configure as configure_logs
 from core.settings import Settings
 
 # Money-moving calls are never retried by Ray: paycell makes them idempotent and resolves by query.
-# SPREAD: with several Ray nodes the shard hosts go to different nodes (best effort).
+# SPREAD: with several Ray nodes the reconciler goes where Ray finds room (best effort); the shard
+# hosts are placed on the nodes in turn (_placement).
 _COMMON = {"num_cpus": 0, "lifetime": "detached", "max_restarts": -1, "max_task_retries": 0,
            "get_if_exists": True, "scheduling_strategy": "SPREAD"}
 
@@ -45,7 +47,7 @@ def redis_client(settings: Settings) -> aioredis.Redis:
 
 
 def live_shard(settings: Settings, shard: int, client: aioredis.Redis,
-               replies: Any = None) -> OrderShard:
+               replies: TaskBoard[str, dict[str, Any]] | None = None) -> OrderShard:
     """An OrderShard wired to Redis (the host's client) and to its own channel connectors."""
     store = OrderStore(client, settings.orders.set_name, shard,
                        idempotency_ttl_s=settings.orders.idempotency_ttl_s,

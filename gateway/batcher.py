@@ -6,8 +6,7 @@ goes at once (no added latency at low load). While a call to a lane is in flight
 so batches grow with load: with `shard_calls_inflight_max` small, every call carries what arrived
 during the previous one. A reply the host did not have ready within its wait comes back later
 through a per-lane long poll (`collect`), so one slow order never holds up its batch or the
-next one; a ticket that turns late while a poll is out rides in the next round, or gets a poll of
-its own once the one out is old enough to be watching slow orders (a few per lane). Bounds: calls in flight and queued requests per lane; past the queue bound a request
+next one; a ticket that turns late while a poll is out gets a poll of its own (a few per lane). Bounds: calls in flight and queued requests per lane; past the queue bound a request
 fails fast (503).
 """
 from __future__ import annotations
@@ -20,7 +19,6 @@ from typing import Awaitable, Callable, Generic, TypeVar
 from core.errors import Overloaded, PaycellError
 
 POLLS_INFLIGHT_MAX = 4   # long polls in flight per lane, each watching the tickets late at its start
-POLL_YOUNG_S = 0.02      # a poll out for less than this is expected back: new late tickets wait
 
 T = TypeVar("T")   # what a request carries to the shard
 R = TypeVar("R")   # what the shard answers for it
@@ -49,8 +47,7 @@ class ShardBatcher(Generic[T, R]):
         self._timers: list[asyncio.TimerHandle | None] = [None] * lanes
         self._late: list[dict[str, asyncio.Future[R]]] = [{} for _ in range(lanes)]
         self._watched: list[set[str]] = [set() for _ in range(lanes)]  # by a poll in flight
-        self._poll_starts: list[list[float]] = [[] for _ in range(lanes)]   # of polls in flight
-        self._poll_timers: list[asyncio.TimerHandle | None] = [None] * lanes
+        self._polls = [0] * lanes
         self._tasks: set[asyncio.Task[None]] = set()
         self._prefix = secrets.token_hex(4)
         self._seq = itertools.count()
@@ -117,35 +114,21 @@ class ShardBatcher(Generic[T, R]):
                 self._flush(lane)
 
     def _poll(self, lane: int) -> None:
-        """Start a long poll for the late tickets that no poll in flight watches. A poll answers
-        when the first of its tickets is ready, so a ticket must not wait long behind a poll it
-        is not in (a 100 ms straggler would wait for the poll watching a hung charge's 800 ms
-        deadline). But a poll per straggler costs a call each: under load the poll out comes
-        back within milliseconds and takes the new tickets on its next round. So another poll
-        starts only once the youngest one in flight has been out POLL_YOUNG_S (it is watching
-        slow orders), at most POLLS_INFLIGHT_MAX per lane."""
+        """Start a long poll for the late tickets that no poll in flight watches (at most
+        POLLS_INFLIGHT_MAX per lane). A poll answers when the first of its tickets is ready, so
+        a ticket must not wait behind a poll it is not in: a straggler of 60 ms would otherwise
+        wait for the poll that watches a hung charge's 800 ms deadline."""
         assert self._collect is not None, "a host answered None without a collect function"
-        late, watched, started = self._late[lane], self._watched[lane], self._poll_starts[lane]
-        fresh = [t for t in late if t not in watched]
-        if not fresh or len(started) >= POLLS_INFLIGHT_MAX:
+        late, watched = self._late[lane], self._watched[lane]
+        if self._polls[lane] >= POLLS_INFLIGHT_MAX:
             return
-        loop = asyncio.get_running_loop()
-        if started:
-            young_for = POLL_YOUNG_S - (loop.time() - max(started))
-            if young_for > 0:
-                if self._poll_timers[lane] is None:
-                    self._poll_timers[lane] = loop.call_later(young_for, self._poll_due, lane)
-                return
-        watched.update(fresh)
-        at = loop.time()
-        started.append(at)
-        self._spawn(self._poll_once(lane, fresh, at))
+        fresh = [t for t in late if t not in watched]
+        if fresh:
+            watched.update(fresh)
+            self._polls[lane] += 1
+            self._spawn(self._poll_once(lane, fresh))
 
-    def _poll_due(self, lane: int) -> None:
-        self._poll_timers[lane] = None
-        self._poll(lane)
-
-    async def _poll_once(self, lane: int, tickets: list[str], started_at: float) -> None:
+    async def _poll_once(self, lane: int, tickets: list[str]) -> None:
         assert self._collect is not None
         late = self._late[lane]
         try:
@@ -158,7 +141,7 @@ class ShardBatcher(Generic[T, R]):
                     fut.set_exception(e)
         finally:
             self._watched[lane].difference_update(tickets)
-            self._poll_starts[lane].remove(started_at)
+            self._polls[lane] -= 1
         for ticket, reply in got.items():
             fut = late.pop(ticket, None)
             if fut is not None and not fut.done():

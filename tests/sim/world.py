@@ -154,14 +154,14 @@ class World:
         self._tasks: set[asyncio.Task[Any]] = set()
         g = self.settings.gateway
         self.batcher: ShardBatcher[CreateOrder, dict[str, Any]] = ShardBatcher(
-            lambda _s, tickets, cmds: self.call("submit", cmds, tickets,
-                                                g.shard_reply_wait_ms / 1000),
-            1, batch_max=g.batch_max_orders, linger_us=g.batch_linger_us,
+            lambda _lane, tickets, _shards, cmds: self.call("submit", cmds, tickets,
+                                                            g.shard_reply_wait_ms / 1000),
+            1, lambda _shard: 0, batch_max=g.batch_max_orders, linger_us=g.batch_linger_us,
             inflight_max=g.shard_calls_inflight_max, queue_max=g.shard_queue_max_orders,
             collect=lambda _s, tickets: self.call("await_replies", tickets, REPLY_POLL_S))
         self.notify_batcher: ShardBatcher[Notification, bool] = ShardBatcher(
-            lambda _s, _tickets, notes: self.call("notify_many", notes),
-            1, batch_max=g.batch_max_orders, linger_us=g.batch_linger_us,
+            lambda _lane, _tickets, _shards, notes: self.call("notify_many", notes),
+            1, lambda _shard: 0, batch_max=g.batch_max_orders, linger_us=g.batch_linger_us,
             inflight_max=g.shard_calls_inflight_max, queue_max=g.shard_queue_max_orders)
 
     # ------------------------------------------------------------------ workload
