@@ -106,8 +106,9 @@ def deploy(settings: Settings, timeout_s: float = 60) -> dict[str, Any]:
     """
     ns, set_name = settings.ray.namespace, settings.orders.set_name
     host_cls: Any = ray.remote(LiveShardHost)
+    nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
     hosts = [host_cls.options(name=shard_host_name(set_name, h), namespace=ns,
-                              **{**_COMMON, **_placement(h)})
+                              **{**_COMMON, **_placement(h, nodes)})
              .remote(settings, h)
              for h in range(host_count(settings.orders))]
     reconciler_cls: Any = ray.remote(LiveReconciler)
@@ -121,18 +122,17 @@ def deploy(settings: Settings, timeout_s: float = 60) -> dict[str, Any]:
                                                               timeout=left), deadline)}
 
 
-# A host asks for a sliver of a CPU so that Ray honours its node affinity: measured here, with
-# num_cpus=0 a soft affinity was ignored (4 actors asked for nodes 0,1,0,1 and got 1,1,1,1); with
-# 0.001 they land as asked. A node fits 1,000 of them per CPU.
+# A host asks for a sliver of a CPU so that Ray honours its node affinity: with num_cpus=0, Ray
+# 2.60 placed soft-affine actors where it liked (seen here while building this; bench.scale's
+# "nodes used" column shows the placement of every run). A node fits 1,000 hosts per CPU.
 HOST_CPUS = 0.001
 
 
-def _placement(host: int) -> dict[str, Any]:
+def _placement(host: int, nodes: list[str]) -> dict[str, Any]:
     """Host h on node h % nodes (soft: a lost node's hosts restart on the others)."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-    nodes = sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
     if len(nodes) <= 1:
         return {}
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
     return {"num_cpus": HOST_CPUS, "scheduling_strategy":
             NodeAffinitySchedulingStrategy(nodes[host % len(nodes)], soft=True)}
 
