@@ -20,6 +20,7 @@ from actors.store import OrderStore
 from channels.base import Connector
 from channels.registry import build_connector, enabled_channels
 from core.logs import configure as configure_logs
+from core.resp import LeanRedis
 from core.settings import Settings
 
 # Money-moving calls are never retried by Ray: paycell makes them idempotent and resolves by query.
@@ -46,13 +47,21 @@ def redis_client(settings: Settings) -> aioredis.Redis:
     return aioredis.Redis(connection_pool=pool)
 
 
+def lean_redis(settings: Settings) -> LeanRedis:
+    """The hot path's Redis connection (core/resp.py), on the same server as redis_client."""
+    r = settings.redis
+    return LeanRedis.from_url(r.effective_url(), op_timeout_s=r.op_timeout_ms / 1000,
+                              connect_timeout_s=r.connect_timeout_ms / 1000)
+
+
 def live_shard(settings: Settings, shard: int, client: aioredis.Redis,
-               replies: TaskBoard[str, dict[str, Any]] | None = None) -> OrderShard:
-    """An OrderShard wired to Redis (the host's client) and to its own channel connectors."""
+               replies: TaskBoard[str, dict[str, Any]] | None = None,
+               fast: LeanRedis | None = None) -> OrderShard:
+    """An OrderShard wired to Redis (the host's clients) and to its own channel connectors."""
     store = OrderStore(client, settings.orders.set_name, shard,
                        idempotency_ttl_s=settings.orders.idempotency_ttl_s,
                        commit_batch_max=settings.orders.commit_batch_max,
-                       event_keep_s=settings.merchant_notify.event_keep_s)
+                       event_keep_s=settings.merchant_notify.event_keep_s, fast=fast)
     notifier = MerchantNotifier(settings.merchant_notify, shard, store=store,
                                 app_secrets=settings.app_secrets())
     store.on_events = notifier.wake
@@ -67,10 +76,10 @@ class LiveShardHost(ShardHost):
 
     def __init__(self, settings: Settings, host: int) -> None:
         configure_logs(settings.log_level)
-        client = redis_client(settings)
+        client, fast = redis_client(settings), lean_redis(settings)
         mine = shards_of(host, settings.orders)
         replies = reply_board(settings.orders.open_orders_max * len(mine), f"host {host}")
-        super().__init__(host, {s: live_shard(settings, s, client, replies) for s in mine},
+        super().__init__(host, {s: live_shard(settings, s, client, replies, fast) for s in mine},
                          replies)
         self.node_id = ray.get_runtime_context().get_node_id()
 

@@ -83,8 +83,6 @@ class ChannelPort(Protocol):
 class StorePort(RefundStorePort, Protocol):
     async def get(self, order_id: str) -> Order | None: ...
     async def find(self, app_id: str, out_trade_no: str) -> Order | None: ...
-    async def find_many(self, keys: list[tuple[str, str]]
-                        ) -> dict[tuple[str, str], Order | None]: ...
     async def open_ids(self) -> list[str]: ...
     async def commit(self, order: Order, *, new: bool = False) -> None: ...
 
@@ -312,32 +310,21 @@ class OrderShard:
         self.counters["submitted"] += len(cmds)
         try:
             await self.ensure_started()
-            known = await self._prefetch(cmds)
         except PaycellError as e:
             return [error_reply(e)] * len(cmds)
         if tickets is None:
             tickets = [f"local-{self._shard}-{next(self._local_tickets)}" for _ in cmds]
         assert len(tickets) == len(cmds)
         return await self._replies.run_many(
-            [(t, functools.partial(self._submit_one, c, known)) for t, c in zip(tickets, cmds)],
-            wait_s)
+            [(t, functools.partial(self._submit_one, c)) for t, c in zip(tickets, cmds)], wait_s)
 
     async def await_replies(self, tickets: list[str], wait_s: float) -> dict[str, dict[str, Any]]:
         """Long poll for replies that were not ready when their batch answered."""
         return await self._replies.collect(tickets, wait_s)
 
-    async def _prefetch(self, cmds: list[CreateOrder]) -> dict[tuple[str, str], Order | None]:
-        """One batched Redis lookup for the keys this shard does not hold in memory."""
-        keys = list(dict.fromkeys(
-            (c.app_id, c.out_trade_no) for c in cmds
-            if (c.app_id, c.out_trade_no) not in self._by_key
-            and (c.app_id, c.out_trade_no) not in self._creating))
-        return await self._store.find_many(keys)
-
-    async def _submit_one(self, cmd: CreateOrder,
-                          known: dict[tuple[str, str], Order | None]) -> dict[str, Any]:
+    async def _submit_one(self, cmd: CreateOrder) -> dict[str, Any]:
         try:
-            order = await self._create_or_replay(cmd, known)
+            order = await self._create_or_replay(cmd)
             await wait_for_sync(self._sync_done.get(order.order_id),
                                 cmd.received_at or order.created_at,
                                 self._s.sync_deadline_ms / 1000, self._clock)
@@ -346,8 +333,7 @@ class OrderShard:
         except PaycellError as e:
             return error_reply(e)
 
-    async def _create_or_replay(self, cmd: CreateOrder,
-                                known: dict[tuple[str, str], Order | None]) -> Order:
+    async def _create_or_replay(self, cmd: CreateOrder) -> Order:
         key = (cmd.app_id, cmd.out_trade_no)
         while True:
             oid = self._by_key.get(key)
@@ -356,7 +342,7 @@ class OrderShard:
                 creating = self._creating.get(key)
                 if creating is None:
                     # _create registers the key before its first await: no second create races in.
-                    return await self._create(cmd, known)
+                    return await self._create(cmd)
                 existing = await asyncio.shield(creating)
                 if existing is None:
                     continue  # that create failed (e.g. Redis down): try again ourselves
@@ -370,24 +356,25 @@ class OrderShard:
             raise IdempotencyConflict(
                 f"out_trade_no {cmd.out_trade_no!r} was used for a different request")
 
-    async def _create(self, cmd: CreateOrder,
-                      known: dict[tuple[str, str], Order | None]) -> Order:
+    async def _create(self, cmd: CreateOrder) -> Order:
+        """A key this shard does not hold in memory is created without asking Redis first (no
+        round trip on the hot path): the commit script refuses a key that names an order
+        already (an earlier incarnation's, or one whose reply was lost), and then that order is
+        read and replayed. A create refused before its commit (limits, routing) first checks
+        that the key is not an order already: a retry is answered as ever, whatever the limits."""
         key = (cmd.app_id, cmd.out_trade_no)
         fut: asyncio.Future[Order | None] = asyncio.get_running_loop().create_future()
         self._creating[key] = fut
         try:
-            # The batch's lookup is current: only this shard writes this key, and a create that
-            # finished since then is in memory (checked by the caller without awaiting).
-            stored = known[key] if key in known else await self._store.find(*key)
-            if stored is not None:
-                self._adopt(stored)
-                fut.set_result(stored)
-                self._check_same(stored, cmd)
-                self.counters["replayed"] += 1
-                return stored
-            if len(self._open) >= self._s.open_orders_max:
-                raise Overloaded("too many open orders on this shard", retry_after_s=1)
-            candidates = self._candidates(cmd)
+            try:
+                if len(self._open) >= self._s.open_orders_max:
+                    raise Overloaded("too many open orders on this shard", retry_after_s=1)
+                candidates = self._candidates(cmd)
+            except PaycellError:
+                stored = await self._store.find(*key)
+                if stored is None:
+                    raise
+                return self._replayed(stored, cmd, fut)
             now = self._clock.time()
             oid = make_order_id(self._s.region, self._s.set_name, self._shard, int(now * 1000),
                                 None if self._rng is None else self._rng.getrandbits(64))
@@ -395,15 +382,11 @@ class OrderShard:
                             channel=candidates[0], routed=not cmd.channel)
             try:
                 await self._store.commit(order, new=True)  # durable before the channel sees it
-            except KeyTaken:  # an earlier create landed although its reply was lost: replay it
+            except KeyTaken:  # the key names an order already (see above): replay it
                 stored = await self._store.find(*key)
                 if stored is None:
                     raise Unavailable("idempotency key in flux; retry", retry_after_s=1) from None
-                self._adopt(stored)
-                fut.set_result(stored)
-                self._check_same(stored, cmd)
-                self.counters["replayed"] += 1
-                return stored
+                return self._replayed(stored, cmd, fut)
             self._remember(order)
             self.counters["created"] += 1
             self._sync_done[oid] = asyncio.Event()
@@ -416,6 +399,15 @@ class OrderShard:
             raise
         finally:
             self._creating.pop(key, None)
+
+    def _replayed(self, stored: Order, cmd: CreateOrder,
+                  fut: asyncio.Future[Order | None]) -> Order:
+        """A create whose key names a stored order: that order is the answer (or a conflict)."""
+        self._adopt(stored)
+        fut.set_result(stored)
+        self._check_same(stored, cmd)
+        self.counters["replayed"] += 1
+        return stored
 
     def _candidates(self, cmd: CreateOrder) -> list[str]:
         """[the channel to charge, then failover candidates]: the named one, or routed. The

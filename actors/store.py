@@ -38,6 +38,7 @@ from core.errors import Unavailable
 from core.events import order_event, refund_event
 from core.order import Order
 from core.refund import Refund
+from core.resp import LeanRedis, LuaScript
 
 
 # KEYS[1] open orders, KEYS[2] open refunds; then each write's keys. ARGV[1] idempotency TTL (s);
@@ -266,14 +267,20 @@ class _Write:
 
 class OrderStore:
     def __init__(self, client: aioredis.Redis, set_name: str, shard: int, *,
-                 idempotency_ttl_s: int, commit_batch_max: int, event_keep_s: int = 0) -> None:
+                 idempotency_ttl_s: int, commit_batch_max: int, event_keep_s: int = 0,
+                 fast: LeanRedis | None = None) -> None:
         self._r = client
+        # The hot path (the commit script, the order and idempotency reads) goes through `fast`
+        # when given (core/resp.py: one pipelined connection the host's shards share); the rest,
+        # and everything when it is None (the simulation's store), through redis-py.
+        self._fast = fast
         self._tag = f"{{{set_name}.{shard}}}"
         self._ttl = idempotency_ttl_s
         self._batch_max = commit_batch_max
         self._queue: list[_Write] = []
         self._flusher: asyncio.Task[None] | None = None
         self._commit_script = client.register_script(_COMMIT_LUA)
+        self._commit_lua = LuaScript(_COMMIT_LUA)
         # Merchant events (0: none are written; the simulation's store runs without them).
         self._event_keep_s = event_keep_s
         self._take_due_script = client.register_script(_TAKE_DUE_LUA) if event_keep_s else None
@@ -316,28 +323,19 @@ class OrderStore:
 
     # ---- reads ----
     async def get(self, order_id: str) -> Order | None:
-        raw = await self._call(self._r.get(self.order_key(order_id)))
+        raw = await self._get(self.order_key(order_id))
         return Order.from_record(orjson.loads(raw)) if raw else None
 
     async def find(self, app_id: str, out_trade_no: str) -> Order | None:
-        order_id = await self._call(self._r.get(self.idem_key(app_id, out_trade_no)))
+        order_id = await self._get(self.idem_key(app_id, out_trade_no))
         if not order_id:
             return None
         return await self.get(order_id.decode() if isinstance(order_id, bytes) else order_id)
 
-    async def find_many(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], Order | None]:
-        """Idempotency lookups for a batch in two round trips (MGET keys, MGET records)."""
-        if not keys:
-            return {}
-        ids = await self._call(self._r.mget([self.idem_key(a, k) for a, k in keys]))
-        found = {key: (oid.decode() if isinstance(oid, bytes) else oid)
-                 for key, oid in zip(keys, ids) if oid}
-        out: dict[tuple[str, str], Order | None] = {key: None for key in keys}
-        if found:
-            raws = await self._call(self._r.mget([self.order_key(o) for o in found.values()]))
-            for key, raw in zip(found, raws):
-                out[key] = Order.from_record(orjson.loads(raw)) if raw else None
-        return out
+    async def _get(self, key: str) -> Any:
+        if self._fast is not None:
+            return await self._call(self._fast.execute("GET", key))
+        return await self._call(self._r.get(key))
 
     async def open_ids(self) -> list[str]:
         return [m.decode() for m in await self._call(self._r.smembers(self.open_key))]
@@ -437,7 +435,10 @@ class OrderStore:
                 keys += [self.event_key(eid), self.due_events_key]
                 args += [eid, body, o.notify_url, o.app_id, repr(at), self._event_keep_s]
                 events += 1
-        refused = await self._commit_script(keys=keys, args=args)
+        if self._fast is not None:
+            refused = await self._fast.evalsha(self._commit_lua, keys, args)
+        else:
+            refused = await self._commit_script(keys=keys, args=args)
         if refused:
             return {int(refused[i]) - 1: _text(refused[i + 1])
                     for i in range(0, len(refused), 2)}

@@ -56,14 +56,16 @@ def create_app(settings: Settings, *, shards: Any = None, nonces: Any = None, re
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         own_redis = redis is None
+        fast = None
         if own_redis:
-            from actors.factory import redis_client
+            from actors.factory import lean_redis, redis_client
             app[keys.REDIS] = redis_client(settings)
+            fast = lean_redis(settings)
         else:
             app[keys.REDIS] = redis
         if nonces is None:
             from gateway.auth import RedisNonceStore
-            app[keys.NONCES] = RedisNonceStore(app[keys.REDIS])
+            app[keys.NONCES] = RedisNonceStore(app[keys.REDIS], fast=fast)
         else:
             app[keys.NONCES] = nonces
         if shards is None:
@@ -86,6 +88,8 @@ def create_app(settings: Settings, *, shards: Any = None, nonces: Any = None, re
         await asyncio.gather(keepalive, return_exceptions=True)
         if own_redis:
             await app[keys.REDIS].aclose()
+        if fast is not None:
+            await fast.close()
 
     app.cleanup_ctx.append(resources)
     add_routes(app)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -11,6 +11,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from core.errors import Unauthenticated, Unavailable
+from core.resp import LeanRedis
 from gateway.auth import NONCE_TTL_MARGIN_S, RedisNonceStore, authenticate
 from gateway.client import signed_headers
 from core.settings import load_settings
@@ -44,13 +45,33 @@ async def redis(redis_port: int) -> AsyncIterator[aioredis.Redis]:
         await client.aclose()
 
 
+@pytest.fixture(params=["redis-py", "lean"])
+async def stores(request: pytest.FixtureRequest, redis_port: int
+                 ) -> AsyncIterator[Callable[..., RedisNonceStore]]:
+    """Makes RedisNonceStores on one client: redis-py alone (the baselines), or with the
+    gateway's lean connection (core/resp.py)."""
+    leans: list[LeanRedis] = []
+
+    def make(client: aioredis.Redis, prefix: str = "pc:nonce", port: int = redis_port
+             ) -> RedisNonceStore:
+        if request.param == "redis-py":
+            return RedisNonceStore(client, prefix=prefix)
+        leans.append(LeanRedis("127.0.0.1", port, connect_timeout_s=0.5))
+        return RedisNonceStore(client, prefix=prefix, fast=leans[-1])
+    try:
+        yield make
+    finally:
+        for lean in leans:
+            await lean.close()
+
+
 def headers(now: float, nonce: str = "abcdefghABCDEFGH12345678") -> dict[str, str]:
     return signed_headers("app-a", APPS["app-a"], "GET", "/v1/orders/x", b"", now=now,
                           nonce=nonce)
 
 
-async def test_claim_is_once_per_app_and_nonce(redis: aioredis.Redis) -> None:
-    store = RedisNonceStore(redis)
+async def test_claim_is_once_per_app_and_nonce(redis: aioredis.Redis, stores: Any) -> None:
+    store = stores(redis)
     assert await store.claim("app-a", "n" * 16, 60) is True
     assert await store.claim("app-a", "n" * 16, 60) is False
     assert await store.claim("app-b", "n" * 16, 60) is True
@@ -58,8 +79,8 @@ async def test_claim_is_once_per_app_and_nonce(redis: aioredis.Redis) -> None:
                                                      b"pc:nonce:app-b:" + b"n" * 16]
 
 
-async def test_ttl_is_set_and_expiry_frees_the_nonce(redis: aioredis.Redis) -> None:
-    store = RedisNonceStore(redis, prefix="t")
+async def test_ttl_is_set_and_expiry_frees_the_nonce(redis: aioredis.Redis, stores: Any) -> None:
+    store = stores(redis, prefix="t")
     assert await store.claim("app-a", "m" * 16, 1) is True
     ttl_ms = await redis.pttl("t:app-a:" + "m" * 16)
     assert 0 < ttl_ms <= 1000
@@ -68,9 +89,9 @@ async def test_ttl_is_set_and_expiry_frees_the_nonce(redis: aioredis.Redis) -> N
 
 
 async def test_replay_refused_across_a_gateway_restart(redis: aioredis.Redis,
-                                                       redis_port: int) -> None:
+                                                       redis_port: int, stores: Any) -> None:
     now = time.time()
-    first = RedisNonceStore(redis)
+    first = stores(redis)
     assert await authenticate(headers(now), "GET", "/v1/orders/x", b"", APPS, first, now,
                               WINDOW_S) == "app-a"
     ttl_s = await redis.ttl("pc:nonce:app-a:abcdefghABCDEFGH12345678")
@@ -79,25 +100,26 @@ async def test_replay_refused_across_a_gateway_restart(redis: aioredis.Redis,
     try:
         with pytest.raises(Unauthenticated, match="nonce already used"):
             await authenticate(headers(now), "GET", "/v1/orders/x", b"", APPS,
-                               RedisNonceStore(restarted), now + 1, WINDOW_S)
+                               stores(restarted), now + 1, WINDOW_S)
     finally:
         await restarted.aclose()
 
 
-async def test_forged_request_leaves_no_key(redis: aioredis.Redis) -> None:
+async def test_forged_request_leaves_no_key(redis: aioredis.Redis, stores: Any) -> None:
     now = time.time()
     forged = headers(now)
     forged["X-Paycell-Signature"] = "f" * 64
     with pytest.raises(Unauthenticated, match="signature"):
-        await authenticate(forged, "GET", "/v1/orders/x", b"", APPS, RedisNonceStore(redis), now,
+        await authenticate(forged, "GET", "/v1/orders/x", b"", APPS, stores(redis), now,
                            WINDOW_S)
     assert await redis.keys("pc:nonce:*") == []
 
 
-async def test_unreachable_redis_is_unavailable() -> None:
-    dead = aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5,
+async def test_unreachable_redis_is_unavailable(stores: Any) -> None:
+    port = free_port()
+    dead = aioredis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5,
                           retry=Retry(NoBackoff(), 0))
-    store = RedisNonceStore(dead)
+    store = stores(dead, port=port)
     try:  # three claims in one pipeline: each fails with 503 and a Retry-After
         results = await asyncio.gather(*(store.claim("app-a", f"{i:016d}", 60)
                                          for i in range(3)), return_exceptions=True)
@@ -107,8 +129,8 @@ async def test_unreachable_redis_is_unavailable() -> None:
 
 
 async def test_concurrent_claims_share_a_pipeline_and_stay_once_each(
-        redis: aioredis.Redis) -> None:
-    store = RedisNonceStore(redis)
+        redis: aioredis.Redis, stores: Any) -> None:
+    store = stores(redis)
     nonces = [f"{i:016d}" for i in range(200)]
     # every nonce twice, all in one turn of the loop: exactly one of each pair wins
     results = await asyncio.gather(*(store.claim("app-a", n, 60) for n in nonces + nonces))

@@ -39,8 +39,8 @@ async def test_group_commit_writes_all_and_tracks_open_orders(store):
     await store.commit(paid)
     assert orders[0].order_id not in await store.open_ids()
     assert await store.get(orders[0].order_id) == paid
-    found = await store.find_many([("demo-app", "st-1"), ("demo-app", "nope")])
-    assert found == {("demo-app", "st-1"): orders[1], ("demo-app", "nope"): None}
+    assert await store.find("demo-app", "st-1") == orders[1]
+    assert await store.find("demo-app", "nope") is None
     assert await store.find("demo-app", "st-0") == paid
 
 

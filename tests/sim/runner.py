@@ -75,6 +75,8 @@ class Summary:
         out = [f"{len(self.failed)} of {self.seeds} seeds violated an invariant."]
         for r in self.failed[:REPORT_SEEDS_MAX]:
             out.append(f"\nseed {r.seed}: faults on {r.swarm.fault_kinds_on()}")
+            kinds = Counter(v.kind for v in r.violations)
+            out.append("  violations: " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())))
             for v in r.violations[:REPORT_VIOLATIONS_MAX]:
                 out.append(f"  [{v.at:.3f}s] {v.kind}: {v.detail}")
             if len(r.violations) > REPORT_VIOLATIONS_MAX:

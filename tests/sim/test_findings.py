@@ -77,10 +77,6 @@ class Store:
         oid = self.idem.get((app_id, out_trade_no))
         return self.records.get(oid) if oid else None
 
-    async def find_many(self, keys: list[tuple[str, str]]
-                        ) -> dict[tuple[str, str], Order | None]:
-        return {k: await self.find(*k) for k in keys}
-
     async def open_ids(self) -> list[str]:
         await self._read()
         return [o.order_id for o in self.records.values() if not o.status.is_final]

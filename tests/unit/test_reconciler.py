@@ -48,9 +48,6 @@ class MemStore:
     async def find(self, app_id: str, out_trade_no: str) -> Order | None:
         return None
 
-    async def find_many(self, keys: Any) -> dict[Any, Order | None]:
-        return {k: None for k in keys}
-
     async def open_ids(self) -> list[str]:
         return [o.order_id for o in self.records.values() if not o.status.is_final]
 

@@ -29,12 +29,6 @@ class MemStore:
         oid = self.idem.get((app_id, out_trade_no))
         return self.records.get(oid) if oid else None
 
-    async def find_many(self, keys):
-        await asyncio.sleep(0)
-        if self.down:
-            raise Unavailable("store down")
-        return {k: await self.find(*k) for k in keys}
-
     async def open_ids(self):
         return [o.order_id for o in self.records.values() if not o.status.is_final]
 
@@ -402,16 +396,28 @@ async def test_a_create_whose_commit_landed_unseen_is_replayed_not_duplicated():
     ch = ScriptedChannel()
     sh = shard(store, ch)
     [first] = await sh.submit([cmd()])
-    # A second shard incarnation that does not know the key (its memory and its batch lookup
-    # both miss it) tries to create it again: the store refuses, the shard replays.
+    # A second shard incarnation that does not hold the key in memory creates it without
+    # asking the store first: the store refuses the key, the shard replays the stored order.
     sh2 = shard(store, ch)
     await sh2.ping()
-
-    async def blind_find_many(keys):
-        return {k: None for k in keys}
-    store.find_many = blind_find_many
     [again] = await sh2.submit([cmd()])
     assert again["order"]["order_id"] == first["order"]["order_id"]
+    assert again["order"]["status"] == "SUCCEEDED"
+    assert len(ch.charges) == 1 and len(store.records) == 1
+    assert sh2.counters["replayed"] == 1 and sh2.counters["created"] == 0
+
+
+async def test_a_retry_the_limits_would_refuse_is_answered_with_its_stored_order():
+    store = MemStore()
+    ch = ScriptedChannel()
+    [first] = await shard(store, ch).submit([cmd()])
+    # A new incarnation, with the channel now at its rate limit: a new key is refused (429),
+    # the retry of the stored one gets its order, not the limit.
+    ch.limited = {"alipay"}
+    sh2 = shard(store, ch)
+    [again, fresh] = await sh2.submit([cmd(), cmd("k2")])
+    assert again["order"]["order_id"] == first["order"]["order_id"]
+    assert fresh["error"] == "rate_limited"
     assert len(ch.charges) == 1 and len(store.records) == 1
 
 
