@@ -2,7 +2,9 @@
 and turns Ray's errors into paycell's (the model is ray.util.queue.Queue's wrapper).
 
 Ray never retries a call to a shard (max_task_retries=0): a failed call answers 503, and the
-client retries with the same out_trade_no, which the shard makes idempotent.
+client retries with the same out_trade_no, which the shard makes idempotent. With
+`gateway.host_links` (the default) the calls to a host go over its direct link (actors/link.py),
+found through Ray once per host incarnation; a lost link fails its calls the same way (503).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
+from actors.link import HostLink, LinkLost, RemoteError
 from actors.names import host_count, host_of, reconciler_actor_name, shard_host_name
 from actors.reconcile_match import RefundSettlement, Settlement
 from channels.base import Notification
@@ -21,7 +24,13 @@ from core.refund import CreateRefund
 from core.settings import Settings
 
 _RAY_FAILURES = (RayActorError, RayError, GetTimeoutError, ValueError)
+# Calls that change nothing, so one lost with its link is asked again once on a fresh link (the
+# restarted host's, found through Ray): host pings and the shards' reads. Creates, notifications
+# and long polls are not: their client retries (503), with its key.
+_REPEATABLE_SHARD_METHODS = frozenset({"ping", "get", "find", "list_refunds", "stats"})
 REPLY_POLL_S = 1.0  # long poll for replies a shard had not ready when its batch answered
+LINK_OPEN_WAIT_S = 10.0   # asking a (restarting) host for its link: at most this long, then 503
+LINK_OPEN_RETRY_S = 0.2
 
 
 class _Handles:
@@ -49,11 +58,71 @@ class ShardClient:
         self._reply_wait_s = settings.gateway.shard_reply_wait_ms / 1000
         self._handles = _Handles(settings.ray.namespace)
         self.hosts = host_count(settings.orders)
+        self._use_links = settings.gateway.host_links
+        self._links: dict[int, HostLink] = {}
+        self._linking: dict[int, asyncio.Future[HostLink]] = {}
+        self.link_calls = 0       # observability: calls that went over a host link
+        self.links_opened = 0
 
     def host_of(self, shard: int) -> int:
         return host_of(shard, self.hosts)
 
     async def _call_host(self, host: int, method: str, *args: Any) -> Any:
+        if not self._use_links:
+            return await self._ray_call(host, method, *args)
+        repeatable = method == "ping" or (
+            method == "call" and len(args) > 1 and args[1] in _REPEATABLE_SHARD_METHODS)
+        try:
+            for attempt in (1, 2):
+                link = self._links.get(host)
+                if link is None or link.closed:
+                    link = await self._open_link(host)
+                self.link_calls += 1
+                try:
+                    return await asyncio.wait_for(link.call(method, *args), self._timeout_s)
+                except LinkLost:
+                    if not repeatable or attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
+        except asyncio.TimeoutError:
+            raise Unavailable(f"shard host {host} did not answer in time",
+                              retry_after_s=1) from None
+        except (LinkLost, RemoteError) as e:
+            raise Unavailable(f"shard host {host} unavailable ({type(e).__name__}: {e})",
+                              retry_after_s=1) from None
+
+    async def _open_link(self, host: int) -> HostLink:
+        """The host's link, asked for through Ray (one at a time per host)."""
+        pending = self._linking.get(host)
+        if pending is None:
+            pending = self._linking[host] = asyncio.ensure_future(self._connect(host))
+            pending.add_done_callback(lambda _: self._linking.pop(host, None))
+        return await asyncio.shield(pending)
+
+    async def _connect(self, host: int) -> HostLink:
+        """Ask the host for its link, again while Ray says it is restarting (as Ray itself
+        holds calls to a restarting actor), for up to LINK_OPEN_WAIT_S."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + min(LINK_OPEN_WAIT_S, self._timeout_s)
+        while True:
+            try:
+                address, port, token = await self._ray_call(host, "open_link")
+                break
+            except Unavailable:
+                if loop.time() + LINK_OPEN_RETRY_S > give_up:
+                    raise
+                await asyncio.sleep(LINK_OPEN_RETRY_S)
+        link = await HostLink.connect(address, port, token, self._timeout_s)
+        self._links[host] = link
+        self.links_opened += 1
+        return link
+
+    def close(self) -> None:
+        for link in self._links.values():
+            link.close()
+        self._links.clear()
+
+    async def _ray_call(self, host: int, method: str, *args: Any) -> Any:
         name = shard_host_name(self._set, host)
         try:
             ref = getattr(self._handles.get(name), method).remote(*args)

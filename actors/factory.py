@@ -82,6 +82,7 @@ class LiveShardHost(ShardHost):
         super().__init__(host, {s: live_shard(settings, s, client, replies, fast) for s in mine},
                          replies)
         self.node_id = ray.get_runtime_context().get_node_id()
+        self.link_address = ray.util.get_node_ip_address()
 
 
 class LiveReconciler(Reconciler):

@@ -18,6 +18,7 @@ from collections import defaultdict
 from typing import Any
 
 from actors.board import TaskBoard
+from actors.link import LinkServer
 from actors.shard import OrderShard
 from channels.base import Notification
 from core.errors import NotFound
@@ -36,6 +37,15 @@ class ShardHost:
         self._replies = replies
 
     node_id = ""              # set by the Ray wrapper (actors.factory): the node it runs on
+    link_address = "127.0.0.1"  # set by the Ray wrapper: the node's address, for open_link
+    _link: LinkServer | None = None
+
+    async def open_link(self) -> tuple[str, int, bytes]:
+        """Where a caller reaches this incarnation's hot methods directly (actors/link.py):
+        (address, port, token). Asked through Ray, so only Ray's callers learn the token."""
+        if self._link is None:
+            self._link = LinkServer(self, self.link_address)
+        return await self._link.start()
 
     def _shard(self, shard: int) -> OrderShard:
         sh = self._shards.get(shard)

@@ -54,6 +54,8 @@ class GatewaySettings:
     shard_queue_max_orders: int = 4096  # queued orders per shard before 503
     shard_call_timeout_ms: int = 15_000  # a shard call slower than this answers 503 (order is safe)
     final_orders_cached_max: int = 100_000  # final orders remembered to ack duplicate notifications
+    host_links: bool = True             # hot shard calls over a direct connection to each host
+                                        # (actors/link.py); false: every call goes through Ray
 
     def base_url(self) -> str:
         return self.public_base_url or f"http://{self.host}:{self.port}"

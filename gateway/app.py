@@ -86,6 +86,8 @@ def create_app(settings: Settings, *, shards: Any = None, nonces: Any = None, re
         yield
         keepalive.cancel()
         await asyncio.gather(keepalive, return_exceptions=True)
+        if shards is None:
+            app[keys.SHARDS].close()
         if own_redis:
             await app[keys.REDIS].aclose()
         if fast is not None:

@@ -104,7 +104,7 @@ class ShardBatcher(Generic[T, R]):
             if late:
                 self.late += late
                 self._poll(lane)
-        except PaycellError as e:
+        except Exception as e:  # PaycellError: 503 and the like; anything else is a bug (500)
             for _, _, _, fut in batch:
                 if not fut.done():
                     fut.set_exception(e)
@@ -133,7 +133,7 @@ class ShardBatcher(Generic[T, R]):
         late = self._late[lane]
         try:
             got = await self._collect(lane, tickets)
-        except PaycellError as e:  # the host is gone: these clients retry with their key
+        except Exception as e:  # the host is gone (PaycellError: 503, the clients retry), or a bug
             got = {}
             for ticket in tickets:
                 fut = late.pop(ticket, None)

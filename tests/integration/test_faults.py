@@ -51,6 +51,9 @@ async def test_killing_a_shard_actor_under_load_loses_no_acknowledged_order(stac
 
         await asyncio.gather(killer(), *(one(b) for b in bodies))
         assert (await shards.ping(0))["pid"] != victim  # Ray restarted it
+        # the pings went over host links: the first incarnation's, then the new one's, found
+        # through Ray after the old link was lost with its process
+        assert shards.links_opened == 2 and shards.link_calls >= 2
         # every acknowledged order is there, under the same id, and settles
         for key, o in acked.items():
             s1, by_key = await c.find_order(key)

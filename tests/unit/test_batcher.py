@@ -109,6 +109,19 @@ async def test_a_failed_call_fails_its_requests_and_later_ones_go_through():
     assert await b.submit(0, "b") == "ok:b"
 
 
+async def test_a_bug_in_a_call_or_a_poll_fails_its_requests_instead_of_hanging_them():
+    shard = FakeShard(late={"slow"}, late_s=0.01)
+    shard.fail = TypeError("unhashable type: 'list'")
+    b = batcher(shard)
+    with pytest.raises(TypeError):
+        await asyncio.wait_for(b.submit(0, "a"), 1.0)
+    shard.fail, shard.fail_collect = None, KeyError("t")
+    with pytest.raises(KeyError):
+        await asyncio.wait_for(b.submit(0, "slow"), 1.0)
+    shard.fail_collect = None
+    assert await b.submit(1, "b") == "ok:b"
+
+
 async def test_a_failed_collect_fails_the_waiting_requests():
     shard = FakeShard(late={"slow"}, late_s=0.01)
     shard.fail_collect = Unavailable("shard restarted", retry_after_s=1)
