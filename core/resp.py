@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlparse
 
 import hiredis
@@ -133,8 +133,9 @@ class LeanRedis:
         self._transport, self._proto = transport, proto
         self._reader = hiredis.Reader(replyError=ResponseError, notEnoughData=_MORE)
         self.connects += 1
-        hello = ([self._send(hiredis.pack_command(("AUTH", *self._auth)))] if self._auth else []) \
-            + ([self._send(hiredis.pack_command(("SELECT", self._db)))] if self._db else [])
+        setup: list[tuple[Any, ...]] = ([("AUTH", *self._auth)] if self._auth else []) \
+            + ([("SELECT", self._db)] if self._db else [])
+        hello = [self._send(hiredis.pack_command(cast(Any, cmd))) for cmd in setup]
         for reply in await asyncio.gather(*hello):
             if isinstance(reply, ResponseError):
                 self._fail_all(RedisConnectionError(f"connection setup refused: {reply}"))

@@ -68,9 +68,10 @@ def create_app(settings: Settings, *, shards: Any = None, nonces: Any = None, re
             app[keys.NONCES] = RedisNonceStore(app[keys.REDIS], fast=fast)
         else:
             app[keys.NONCES] = nonces
+        own_shards = None
         if shards is None:
             from actors.client import ShardClient
-            app[keys.SHARDS] = ShardClient(settings)
+            app[keys.SHARDS] = own_shards = ShardClient(settings)
         else:
             app[keys.SHARDS] = shards
         g = settings.gateway
@@ -86,8 +87,8 @@ def create_app(settings: Settings, *, shards: Any = None, nonces: Any = None, re
         yield
         keepalive.cancel()
         await asyncio.gather(keepalive, return_exceptions=True)
-        if shards is None:
-            app[keys.SHARDS].close()
+        if own_shards is not None:
+            own_shards.close()
         if own_redis:
             await app[keys.REDIS].aclose()
         if fast is not None:
