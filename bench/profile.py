@@ -46,12 +46,14 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
         "aiohttp/multipart")),
     ("HTTP server (aiohttp web)", (
         "aiohttp/web_", "aiohttp/http_writer")),
-    ("Redis client (redis-py)", ("redis/", "actors/store.py", "gateway/auth.py")),
-    ("Ray (actor calls, serialization)", ("ray/",)),
+    ("Redis client (redis-py, core/resp.py)", (
+        "redis/", "core/resp.py", "actors/store.py", "gateway/auth.py")),
+    ("actor calls (Ray; the host links)", ("ray/", "actors/link.py")),
     ("paycell logic (orders, routing, batching, metrics)", (
         "actors/", "core/", "gateway/", "channels/routing", "channels/base", "prometheus")),
 )
 OTHER = "event loop and the rest"
+HTTP_CLIENT, HTTP_SERVER = CATEGORIES[2][0], CATEGORIES[3][0]
 INNERMOST = 4          # frames from the leaf that decide a sample's category
 SAMPLE_HZ = 200
 
@@ -64,14 +66,16 @@ def categorize(folded: str) -> dict[str, int]:
         if not stack or not count.isdigit():
             continue
         tail = stack.split(";")[-INNERMOST:]
-        out[_category(tail)] += int(count)
+        out[_category(tail, stack)] += int(count)
     return dict(out)
 
 
-def _category(frames: list[str]) -> str:
+def _category(frames: list[str], stack: str) -> str:
     for frame in reversed(frames):             # the leaf first
         for name, patterns in CATEGORIES:
             if any(p in frame for p in patterns):
+                if name == HTTP_SERVER and "aiohttp/client" in stack:
+                    return HTTP_CLIENT         # (http_writer writes requests too)
                 return name
     return OTHER
 

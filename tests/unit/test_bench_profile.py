@@ -9,6 +9,12 @@ FOLDED = "\n".join([
     "Thread.run (threading.py:982);OrderStore._write (actors/store.py:398);"
     "Redis.execute_command (redis/asyncio/client.py:946) 3",
     "Thread.run (threading.py:982) 2",
+    "Thread.run (threading.py:982);ClientSession._request (aiohttp/client.py:819);"
+    "StreamWriter.write (aiohttp/http_writer.py:90) 4",
+    "RequestHandler.start (aiohttp/web_protocol.py:500);"
+    "StreamWriter.write (aiohttp/http_writer.py:90) 6",
+    "ShardClient._call_host (actors/client.py:80);HostLink.call (actors/link.py:170) 1",
+    "OrderStore._write (actors/store.py:398);LeanRedis.execute (core/resp.py:99) 8",
     "not a sample line",
 ])
 
@@ -16,5 +22,7 @@ FOLDED = "\n".join([
 def test_the_innermost_known_frame_decides():
     cats = categorize(FOLDED)
     assert cats == {"RSA2 (the part holding the GIL)": 7,
-                    "HTTP client (aiohttp, to the channel)": 5,
-                    "Redis client (redis-py)": 3, OTHER: 2}
+                    "HTTP client (aiohttp, to the channel)": 5 + 4,
+                    "HTTP server (aiohttp web)": 6,
+                    "actor calls (Ray; the host links)": 1,
+                    "Redis client (redis-py, core/resp.py)": 3 + 8, OTHER: 2}
