@@ -50,7 +50,7 @@ class GatewaySettings:
     batch_max_orders: int = 64         # orders in one actor call
     batch_linger_us: int = 500         # how long a non-full batch waits for company
     shard_calls_inflight_max: int = 1   # batch calls in flight per shard: requests gather meanwhile
-    shard_reply_wait_ms: int = 50       # a batch answers what is ready by then; the rest later
+    shard_reply_wait_ms: int = 20       # a batch answers what is ready by then; the rest later
     shard_queue_max_orders: int = 4096  # queued orders per shard before 503
     shard_call_timeout_ms: int = 15_000  # a shard call slower than this answers 503 (order is safe)
     final_orders_cached_max: int = 100_000  # final orders remembered to ack duplicate notifications
