@@ -19,6 +19,7 @@ from actors.startup import until_answered
 from actors.store import OrderStore
 from channels.base import Connector
 from channels.registry import build_connector, enabled_channels
+from core import heap
 from core.logs import configure as configure_logs
 from core.resp import LeanRedis
 from core.settings import Settings
@@ -83,6 +84,7 @@ class LiveShardHost(ShardHost):
                          replies)
         self.node_id = ray.get_runtime_context().get_node_id()
         self.link_address = ray.util.get_node_ip_address()
+        heap.settle()
 
 
 class LiveReconciler(Reconciler):

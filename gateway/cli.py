@@ -50,6 +50,7 @@ def _body_from(args: argparse.Namespace) -> dict[str, Any]:
 async def _serve(settings: Any) -> None:
     from aiohttp import web
 
+    from core import heap
     from gateway.app import create_app
     from gateway.client import example_curl
 
@@ -58,6 +59,7 @@ async def _serve(settings: Any) -> None:
     await runner.setup()
     site = web.TCPSite(runner, settings.gateway.host, settings.gateway.port, backlog=1024)
     await site.start()
+    heap.settle()
     url = settings.gateway.base_url()
     app_id, secret = next(iter(settings.app_secrets().items()))
     print(f"\npaycell is up: {url}  (Ctrl-C stops everything)\n", flush=True)

@@ -18,6 +18,7 @@ from aiohttp import web
 from channels.sandbox.app import SANDBOXES, create_sandbox_app
 from channels.sandbox.engine import SandboxConfig
 from channels.sandbox.knobs import Knobs
+from core import heap
 
 
 def _names(text: str) -> list[str]:
@@ -60,6 +61,7 @@ async def serve(config: SandboxConfig, channels: list[str], host: str, port: int
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, backlog=1024).start()
+        heap.settle()   # the stand-in for a channel should not pause for its collector either
         print(f"sandbox listening on http://{host}:{port}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
