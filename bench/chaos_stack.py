@@ -27,10 +27,12 @@ import psutil
 import redis.asyncio as aioredis
 
 from core.settings import load_settings
-from gateway.local import Child, die_with_parent, free_port, redis_child
+from bench import procs
+from gateway.local import Child, die_with_parent, free_port, http_ok, redis_child, redis_pings
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 120.0
+READY_PROBE_S = 1.0          # one readiness request of a stack under chaos load
 STOP_TIMEOUT_S = 30.0
 CHANNEL_QPS_LIFTED = 1_000_000
 QPS_CHANNELS = ("alipay", "wechatpay", "stripe", "unionpay", "qpay", "paypal")
@@ -86,14 +88,14 @@ class ChaosStack:
     def start(self) -> None:
         self.start_redis()
         self.sandbox.start()
-        _wait(lambda: http_ok(self.sandbox_url + "/_sandbox/health"), "sandbox", self.sandbox)
+        _wait(lambda: http_ok(self.sandbox_url + "/_sandbox/health", READY_PROBE_S), "sandbox", self.sandbox)
         self.start_up()
-        _wait(lambda: http_ok(self.url + "/readyz"), "paycell up", None, self.up)
+        _wait(lambda: http_ok(self.url + "/readyz", READY_PROBE_S), "paycell up", None, self.up)
 
     def start_redis(self) -> None:
         self.redis = Child("redis-server", self.redis.argv, self.redis.log_path)
         self.redis.start()
-        _wait(lambda: _redis_pings(self.redis_port), "redis-server", self.redis)
+        _wait(lambda: redis_pings("127.0.0.1", self.redis_port), "redis-server", self.redis)
 
     def start_up(self) -> None:
         self.up_log.parent.mkdir(parents=True, exist_ok=True)
@@ -144,10 +146,7 @@ class ChaosStack:
             await client.aclose()
 
     def tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.up_log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return procs.log_tail(self.up_log, lines)
 
     # -- faults
 
@@ -231,33 +230,14 @@ def _kill(pid: int) -> bool:
         return False
 
 
-def _kill_left(procs: list[tuple[int, float]]) -> None:
-    """SIGKILL the processes of ``procs`` still alive as the same process (PID + start time)."""
-    for pid, created in procs:
+def _kill_left(left: list[tuple[int, float]]) -> None:
+    """SIGKILL the processes of ``left`` still alive as the same process (PID + start time)."""
+    for pid, created in left:
         try:
             if psutil.Process(pid).create_time() == created:
                 os.kill(pid, signal.SIGKILL)
         except (psutil.NoSuchProcess, ProcessLookupError):
             continue
-
-
-def http_ok(url: str) -> bool:
-    import urllib.request
-    try:
-        with urllib.request.urlopen(url, timeout=1) as r:  # noqa: S310 (loopback only)
-            return int(r.status) == 200
-    except OSError:
-        return False
-
-
-def _redis_pings(port: int) -> bool:
-    import socket
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
 
 
 def _wait(ready: Callable[[], bool], what: str, child: Child | None,
@@ -277,7 +257,7 @@ def _wait(ready: Callable[[], bool], what: str, child: Child | None,
 async def wait_ready(url: str, timeout_s: float = READY_TIMEOUT_S) -> float:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
-        if await asyncio.to_thread(http_ok, url + "/readyz"):
+        if await asyncio.to_thread(http_ok, url + "/readyz", READY_PROBE_S):
             return time.monotonic() - t0
         await asyncio.sleep(0.3)
     raise RuntimeError(f"{url} not ready after {timeout_s:.0f} s")

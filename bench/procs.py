@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 GATEWAY = "gateway"
@@ -228,3 +229,11 @@ def format_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
         return "  ".join(parts).rstrip()
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(cells[0]), rule, *[line(r) for r in cells[1:]]])
+
+
+def log_tail(path: Path, lines: int) -> str:
+    """The last `lines` lines of a process's log, for an error message."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

@@ -103,10 +103,7 @@ class Stack:
         return self.proc.pid
 
     def tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return procs.log_tail(self.log, lines)
 
     def stop(self) -> list[int]:
         """SIGINT to the launcher, then SIGTERM/SIGKILL by PID; the PIDs of descendants left."""

@@ -92,11 +92,7 @@ class BaselineTarget:
         return procs.snapshot(self.server.pid, extra_roots=[c.pid for c in self.helpers])
 
     def tail(self, lines: int = 25) -> str:
-        try:
-            text = (self.work / "server.log").read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return procs.log_tail(self.work / "server.log", lines)
 
     def stop(self) -> list[int]:
         """Server first (SIGTERM, then SIGKILL), then what it left behind, then the helpers."""

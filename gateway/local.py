@@ -97,7 +97,7 @@ class Child:
         raise RuntimeError(f"{self.name} did not become ready ({what}); see {self.log_path}")
 
 
-def _redis_pings(host: str, port: int) -> bool:
+def redis_pings(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5) as s:
             s.sendall(b"PING\r\n")
@@ -106,9 +106,9 @@ def _redis_pings(host: str, port: int) -> bool:
         return False
 
 
-def http_ok(url: str) -> bool:
+def http_ok(url: str, timeout_s: float = 0.5) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=0.5) as r:  # noqa: S310 (loopback only)
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:  # noqa: S310 (loopback only)
             return int(r.status) == 200
     except OSError:
         return False
@@ -129,7 +129,7 @@ def redis_child(settings: Settings, data_dir: Path) -> Child:
 def start_redis(settings: Settings, data_dir: Path) -> Child:
     child = redis_child(settings, data_dir)
     child.start()
-    child.wait_until(lambda: _redis_pings(settings.redis.host, settings.redis.port), "PING")
+    child.wait_until(lambda: redis_pings(settings.redis.host, settings.redis.port), "PING")
     return child
 
 

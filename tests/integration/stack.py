@@ -17,7 +17,7 @@ import psutil
 from aiohttp import web
 
 from core.settings import Settings, load_settings
-from gateway.local import Child, free_port, start_redis, start_sandbox
+from gateway.local import Child, free_port, redis_child, redis_pings, start_redis, start_sandbox
 
 TEST_ORDERS = {"sync_deadline_ms": 500, "query_first_delay_ms": 1500, "query_interval_ms": 700,
                "async_window_ms": 4000, "cancel_retry_interval_ms": 500,
@@ -33,6 +33,47 @@ TEST_ROUTING = {"window_s": 6, "window_buckets": 6, "min_samples": 10, "breaker_
 
 # Merchant events retried in a second, not in hours (tests/integration/test_merchant_notify.py).
 TEST_MERCHANT_NOTIFY = {"retry_schedule_ms": "300,600,900", "poll_ms": 100}
+
+
+class OwnRedis:
+    """A test module's own redis-server (so the session's is never killed), started like
+    paycell's, signalled, SIGKILLed and started again on the same port and data by its PID."""
+
+    def __init__(self, settings: Settings, data_dir: Path) -> None:
+        self.settings, self.data_dir = settings, data_dir
+        self.child: Child = redis_child(settings, data_dir)
+
+    @property
+    def port(self) -> int:
+        return self.settings.redis.port
+
+    def start(self) -> None:
+        self.child.start()
+        r = self.settings.redis
+        self.child.wait_until(lambda: redis_pings(r.host, r.port), "PING")
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.child.proc is not None
+        self.child.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        assert self.child.proc is not None
+        self.child.proc.wait()
+
+    def start_again(self) -> None:
+        """The same command line: same port, same data directory (its append-only file)."""
+        self.child = Child("redis-server", self.child.argv, self.child.log_path)
+        self.start()
+
+    def kill_and_restart(self) -> None:
+        self.kill()
+        self.start_again()
+
+    def stop(self) -> None:
+        if self.child.alive():
+            self.signal(signal.SIGCONT)    # (a stopped server does not end on SIGTERM)
+        self.child.stop()
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:

@@ -21,43 +21,12 @@ from actors.factory import redis_client
 from actors.reconcile_store import ReportStore
 from core.errors import Unavailable
 from core.settings import Settings, load_settings
-from gateway.local import Child, _redis_pings, free_port, redis_child
-from tests.integration.stack import TEST_ROUTING
+from gateway.local import free_port
+from tests.integration.stack import TEST_ROUTING, OwnRedis
 
 pytestmark = pytest.mark.integration
 
 RR_ORDERS = {"set_name": "rr", "shard_count": 1}
-
-
-class OwnRedis:
-    """A redis-server of this module's, started, SIGKILLed and started again by its PID."""
-
-    def __init__(self, settings: Settings, data_dir: Path) -> None:
-        self.settings, self.data_dir = settings, data_dir
-        self.child: Child = redis_child(settings, data_dir)
-
-    def start(self) -> None:
-        self.child.start()
-        r = self.settings.redis
-        self.child.wait_until(lambda: _redis_pings(r.host, r.port), "PING")
-
-    def kill(self) -> None:
-        proc = self.child.proc
-        assert proc is not None
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-
-    def start_again(self) -> None:
-        """The same command line: same port, same data directory (its append-only file)."""
-        self.child = Child("redis-server", self.child.argv, self.child.log_path)
-        self.start()
-
-    def kill_and_restart(self) -> None:
-        self.kill()
-        self.start_again()
-
-    def stop(self) -> None:
-        self.child.stop()
 
 
 @pytest.fixture(scope="module")

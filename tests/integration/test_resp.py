@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from pathlib import Path
 from typing import AsyncIterator, Iterator
 
 import pytest
@@ -15,51 +14,26 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.resp import LeanRedis, LuaScript
 from core.settings import Settings, load_settings
-from gateway.local import Child, _redis_pings, free_port, redis_child
+from gateway.local import free_port
+from tests.integration.stack import OwnRedis
 
 pytestmark = pytest.mark.integration
 
 
-class Server:
-    def __init__(self, settings: Settings, data_dir: Path) -> None:
-        self.settings = settings
-        self.child = redis_child(settings, data_dir)
-
-    @property
-    def port(self) -> int:
-        return self.settings.redis.port
-
-    def start(self) -> None:
-        self.child.start()
-        self.child.wait_until(lambda: _redis_pings("127.0.0.1", self.port), "PING")
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.child.proc is not None
-        self.child.proc.send_signal(sig)
-
-    def kill_and_restart(self) -> None:
-        self.signal(signal.SIGKILL)
-        assert self.child.proc is not None
-        self.child.proc.wait()
-        self.child = Child("redis-server", self.child.argv, self.child.log_path)
-        self.start()
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnRedis]:
     settings = load_settings(env={}, overrides={"redis": {"port": free_port(),
                                                           "appendfsync": "everysec"}})
-    s = Server(settings, tmp_path_factory.mktemp("resp-redis"))
+    s = OwnRedis(settings, tmp_path_factory.mktemp("resp-redis"))
     try:
         s.start()
         yield s
     finally:
-        s.signal(signal.SIGCONT)
-        s.child.stop()
+        s.stop()
 
 
 @pytest.fixture
-async def lean(server: Server) -> AsyncIterator[LeanRedis]:
+async def lean(server: OwnRedis) -> AsyncIterator[LeanRedis]:
     client = LeanRedis("127.0.0.1", server.port, op_timeout_s=0.5)
     await client.execute("FLUSHALL")
     try:
@@ -97,7 +71,7 @@ async def test_a_script_the_server_lost_is_sent_whole_once(lean: LeanRedis):
 
 
 async def test_a_killed_server_fails_what_was_in_flight_and_the_next_command_reconnects(
-        server: Server, lean: LeanRedis):
+        server: OwnRedis, lean: LeanRedis):
     await lean.execute("SET", "before", "1")
     server.signal(signal.SIGSTOP)          # the next command is surely in flight at the kill
     pending = asyncio.ensure_future(lean.execute("GET", "before"))
@@ -109,7 +83,7 @@ async def test_a_killed_server_fails_what_was_in_flight_and_the_next_command_rec
     assert lean.connects == 2
 
 
-async def test_a_stopped_server_times_out_and_then_answers_again(server: Server, lean: LeanRedis):
+async def test_a_stopped_server_times_out_and_then_answers_again(server: OwnRedis, lean: LeanRedis):
     await lean.execute("PING")
     server.signal(signal.SIGSTOP)
     try:
@@ -124,7 +98,7 @@ async def test_a_stopped_server_times_out_and_then_answers_again(server: Server,
     assert lean.connects == 2                # the overdue connection was closed, not reused
 
 
-async def test_a_url_with_a_database_selects_it(server: Server):
+async def test_a_url_with_a_database_selects_it(server: OwnRedis):
     lean = LeanRedis.from_url(f"redis://127.0.0.1:{server.port}/3", op_timeout_s=1,
                               connect_timeout_s=1)
     other = aioredis.Redis(host="127.0.0.1", port=server.port, db=3)
