@@ -2,10 +2,9 @@
 over one TCP connection of their own instead of through Ray.
 
 Why: at a few hundred orders/s each order is about one batch call, and a Ray actor call costs
-far more CPU than the work it carries. Measured per thread under `bench.run --rate 300` (before
-this link), a host's Ray task-receiving thread alone took 0.10 cores and the gateway's Ray I/O
-thread 0.06, besides Ray's Python part on both sides. A frame on a socket costs a pickle and a
-write. Ray still owns the hosts: it places, supervises and restarts them, and it is how a caller
+more CPU than the work it carries, on both sides (Ray's receiving and I/O threads, its Python
+part). A frame on a socket costs a pickle and a write. `bench.run --rate 300` with
+PAYCELL_GATEWAY__HOST_LINKS=true and =false measures the difference (README, issue 5). Ray still owns the hosts: it places, supervises and restarts them, and it is how a caller
 finds a host's link (`open_link`, a Ray call, once per host incarnation).
 
 The wire: frames of a 4-byte big-endian length and a pickle. The first frame a caller sends is
