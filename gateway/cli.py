@@ -16,6 +16,7 @@ import asyncio
 import os
 import secrets
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ def _body_from(args: argparse.Namespace) -> dict[str, Any]:
                       card=args.card, currency=args.currency, payment_type=args.type)
 
 
-async def _serve(settings: Any) -> None:
+async def _serve(settings: Any, listener: socket.socket) -> None:
     from aiohttp import web
 
     from core import heap
@@ -57,7 +58,7 @@ async def _serve(settings: Any) -> None:
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.gateway.host, settings.gateway.port, backlog=1024)
+    site = web.SockSite(runner, listener, backlog=1024)
     await site.start()
     heap.settle()
     url = settings.gateway.base_url()
@@ -77,12 +78,15 @@ async def _serve(settings: Any) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from core.settings import load_settings
-    from gateway.local import start_ray, start_redis, start_sandbox
+    from gateway.local import reserve_port, start_ray, start_redis, start_sandbox
 
     from core.logs import configure as configure_logs
     settings = load_settings(args.config)
     configure_logs(settings.log_level)
     data_dir = Path(settings.data_dir).resolve()
+    # the gateway's port is bound before anything else starts: Ray and the shard hosts open
+    # ports of their own and would otherwise be free to take it while the stack comes up
+    listener = reserve_port(settings.gateway.host, settings.gateway.port, "gateway.port")
     children = []
     cluster = None
     try:
@@ -99,9 +103,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"ray: {settings.orders.shard_count} shards in {len(info['hosts'])} shard actors "
               f"on {info['nodes']} node(s)", flush=True)
         import uvloop
-        uvloop.run(_serve(settings))
+        uvloop.run(_serve(settings, listener))
         return 0
     finally:
+        listener.close()
         if "ray" in sys.modules:
             import ray
             ray.shutdown()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -43,7 +44,42 @@ def port_is_free(host: str, port: int) -> bool:
     return True
 
 
+def reserve_port(host: str, port: int, setting: str) -> socket.socket:
+    """Bind `host:port` now and return the socket, so that nothing started later (Ray's
+    processes, the shard hosts' links, outgoing connections) can take the port before the
+    server listens on it. `setting` names the setting to change when the port is in use."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        env = "PAYCELL_" + setting.upper().replace(".", "__")
+        raise ConfigError(f"{setting}: {host}:{port} is in use ({e.strerror}; set {env})") from e
+    return sock
+
+
+# Ports that nothing else on the machine picks by itself: above Ray's worker ports (10002-19999)
+# and below the kernel's ephemeral range, from which bind(0), outgoing connections and Ray's own
+# random ports (chosen at or above a bind(0) port) are all drawn.
+_QUIET_PORTS_FROM = 20000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()  # a test picks several ports before binding any of them
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free now and that nothing on the machine will take by itself before the
+    caller binds it (for tests and benchmarks that pick their ports before starting Ray)."""
+    try:
+        ephemeral_from = int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_from = 0
+    if ephemeral_from - _QUIET_PORTS_FROM >= 1000:
+        for _ in range(100):
+            port = random.randrange(_QUIET_PORTS_FROM, ephemeral_from)
+            if port not in _handed_out and port_is_free(host, port):
+                _handed_out.add(port)
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])

@@ -9,6 +9,7 @@ import contextlib
 import ipaddress
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import aiohttp
 import psutil
 import pytest
 
+from bench.procs import log_tail
 from gateway.client import PaycellClient
 from gateway.local import free_port
 
@@ -38,11 +40,11 @@ def stack_env(data_dir: Path, ports: dict[str, int]) -> dict[str, str]:
     return env
 
 
-async def wait_ready(url: str, proc: subprocess.Popen) -> None:
+async def wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT_S
     async with aiohttp.ClientSession() as s:
         while time.monotonic() < deadline:
-            assert proc.poll() is None, "paycell up exited while starting"
+            assert proc.poll() is None, f"paycell up exited while starting:\n{log_tail(log, 40)}"
             try:
                 async with s.get(url + "/readyz") as r:
                     if r.status == 200:
@@ -50,7 +52,7 @@ async def wait_ready(url: str, proc: subprocess.Popen) -> None:
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.3)
-    raise AssertionError("the stack never became ready")
+    raise AssertionError(f"the stack never became ready:\n{log_tail(log, 40)}")
 
 
 def start(data_dir: Path, ports: dict[str, int], log: Path) -> subprocess.Popen:
@@ -103,7 +105,7 @@ async def running_stack(data: Path, ports: dict[str, int], log: Path
     proc = start(data, ports, log)
     procs: list[psutil.Process] = []
     try:
-        await wait_ready(f"http://127.0.0.1:{ports['gateway']}", proc)
+        await wait_ready(f"http://127.0.0.1:{ports['gateway']}", proc, log)
         procs = tree(proc)
         yield proc
     finally:
@@ -137,3 +139,19 @@ async def test_make_run_stack_pays_stops_and_keeps_orders(tmp_path):
             s2, replay = await c.create_order(body)
         assert s1 == 200 and again == order
         assert s2 == 200 and replay == order  # idempotent across a restart: no second charge
+
+
+def test_a_busy_gateway_port_stops_up_before_it_starts_anything(tmp_path):
+    """The gateway's port is bound first, so a busy one is a configuration error (exit 2) that
+    names the setting, and no redis-server, sandbox or Ray was started for nothing."""
+    ports = {k: free_port() for k in ("gateway", "redis", "sandbox")}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", ports["gateway"]))
+        taken.listen()
+        out = subprocess.run([PAYCELL, "up"], env=stack_env(tmp_path / "data", ports),
+                             capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"gateway.port: 127.0.0.1:{ports['gateway']} is in use" in out.stderr
+    assert "PAYCELL_GATEWAY__PORT" in out.stderr
+    assert "redis-server on" not in out.stdout and "ray:" not in out.stdout
+    assert not (tmp_path / "data" / "logs").exists()
