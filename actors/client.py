@@ -173,6 +173,11 @@ class ShardClient:
     async def ping(self, shard: int) -> dict[str, Any]:
         return await self._call(shard, "ping")
 
+    async def host_ping(self, host: int) -> dict[str, Any]:
+        """The host's own ping (ShardHost.ping): its process, shards and collector pauses."""
+        result: dict[str, Any] = await self._call_host(host, "ping")
+        return result
+
     async def settle(self, shard: int, facts: list[Settlement]) -> list[dict[str, Any]]:
         """Reconciliation facts for the shard to apply (OrderShard.settle)."""
         result: list[dict[str, Any]] = await self._call(shard, "settle", facts)

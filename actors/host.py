@@ -21,6 +21,7 @@ from actors.board import TaskBoard
 from actors.link import LinkServer
 from actors.shard import OrderShard
 from channels.base import Notification
+from core import heap
 from core.errors import NotFound
 from core.order import CreateOrder
 
@@ -56,7 +57,8 @@ class ShardHost:
     async def ping(self) -> dict[str, Any]:
         pings = await asyncio.gather(*(sh.ping() for sh in self._shards.values()))
         return {"host": self._host, "pid": os.getpid(), "node": self.node_id,
-                "shards": sorted(self._shards), "open": sum(p["open"] for p in pings)}
+                "shards": sorted(self._shards), "open": sum(p["open"] for p in pings),
+                "gc": heap.pauses()}
 
     async def call(self, shard: int, method: str, *args: Any) -> Any:
         """One call of a shard's read, refund, reconciliation or operator method."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 
-from bench import chart
+from bench import chart, gcpauses
 from bench.procs import fmt_ms, fmt_num, format_table
 from bench.run import _cmd_out, _versions
 
@@ -35,6 +35,19 @@ def print_summary(results: dict[str, Any], d: dict[str, Any]) -> None:
     print("\nmaximum (closed loop, best conns) and latency at half of paycell's maximum (open)")
     print(format_table(rows, ["target", "max/s", "conns", "open/s", "p50", "p97", "p99",
                               "send lag p99", "ok/sent"]))
+    print("\nsustained maximum: the best closed phase's orders over its window plus the time "
+          "the sandbox then needed to deliver the notifications it left (bench/backlog.py)")
+    print(format_table([[n, fmt_num(r["max_orders_per_s"]), f"{r['notifications_left_at_max']:,}",
+                         fmt_num(r["sustained_max_orders_per_s"]),
+                         fmt_num(r["cpu_us_per_order_with_drain"]["total"])]
+                        for n, r in ok.items()],
+                       ["target", "max/s", "left undelivered", "sustained/s",
+                        "CPU µs/order with them"]))
+    pauses = ok.get("paycell", {}).get("half_load", {}).get("gc_pauses", {})
+    if pauses:
+        print("\npaycell's collector pauses in that open phase")
+        for line in gcpauses.lines(pauses):
+            print("  " + line)
     rows = [[n, *(fmt_num(r["cpu_us_per_order"][g]) for g in GROUPS)] for n, r in ok.items()]
     print("\nCPU µs per order by process group (at each target's maximum)")
     print(format_table(rows, ["target", *GROUPS]))
@@ -44,6 +57,9 @@ def print_summary(results: dict[str, Any], d: dict[str, Any]) -> None:
 def _print_derived(d: dict[str, Any]) -> None:
     print("\nratios (paycell max / baseline max): " + ", ".join(
         f"{n} {_ratio(d.get(f'ratio_max_paycell_over_{n}'))}"
+        for n in ("bare", "naive_ray", "ray_serve")))
+    print("ratios of the sustained maxima: " + ", ".join(
+        f"{n} {_ratio(d.get(f'ratio_sustained_paycell_over_{n}'))}"
         for n in ("bare", "naive_ray", "ray_serve")))
     c = d.get("ceiling")
     if c:

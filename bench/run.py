@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping
 
 import orjson
 
-from bench import procs
+from bench import backlog, gcpauses, procs
 from bench.load import PHASE_SLACK_S, REQUEST_TIMEOUT_S, Load, run_open
 from gateway.client import signed_headers
 from gateway.local import die_with_parent, free_port, http_ok
@@ -87,6 +87,10 @@ class Stack:
                 return
             time.sleep(0.25)
         raise RuntimeError(f"paycell up not ready after {READY_TIMEOUT_S:.0f} s:\n{self.tail()}")
+
+    @property
+    def sandbox_url(self) -> str:
+        return f"http://127.0.0.1:{self.sandbox_port}"
 
     def set_knobs(self, knobs: dict[str, Any]) -> None:
         """Fault knobs of the stack's sandbox (POST /_sandbox/knobs)."""
@@ -225,18 +229,26 @@ def measure(args: argparse.Namespace, stack: Stack, work: Path) -> dict[str, Any
     if args.warmup > 0:
         print(f"bench: warm-up {args.warmup:g} s ...", flush=True)
         prepared(args.warmup, "warm")()
+    before = backlog.drain(stack.sandbox_url)   # the warm-up's notifications are not ours
     idle = idle_baseline(stack.pid, args.idle)
     go = prepared(args.duration, "run")
     print(f"bench: measuring {args.duration:g} s ...", flush=True)
+    gc0 = gcpauses.scrape(stack.url, stack.sandbox_url)
     stat0, snap0 = procs.read_proc_stat(), procs.snapshot(stack.pid)
     t0 = time.monotonic()
     load, loadgen_cpu = go()
     window = time.monotonic() - t0
     snap1, stat1 = procs.snapshot(stack.pid), procs.read_proc_stat()
+    gc1 = gcpauses.scrape(stack.url, stack.sandbox_url)
+    after = backlog.drain(stack.sandbox_url)
     cpu, vanished = procs.cpu_delta(snap0, snap1)
     cpu[procs.LOADGEN] += loadgen_cpu
+    with_drain, _ = procs.cpu_delta(snap0, procs.snapshot(stack.pid))
+    with_drain[procs.LOADGEN] += loadgen_cpu
     return {"load": load, "cpu_s": cpu, "vanished": vanished, "window_s": window, "idle": idle,
-            "machine": procs.machine_shares(stat0, stat1) if stat0 and stat1 else {}}
+            "machine": procs.machine_shares(stat0, stat1) if stat0 and stat1 else {},
+            "gc_pauses": gcpauses.window(gc0, gc1),
+            "drains": (before, after, with_drain)}
 
 
 def report(m: dict[str, Any]) -> dict[str, Any]:
@@ -254,7 +266,7 @@ def report(m: dict[str, Any]) -> dict[str, Any]:
             "idle_cores": m["idle"], "vanished_processes": m["vanished"],
             "machine": m["machine"], "notes": load.notes,
             "send_lag_p99_ms": load.send_lag_p99_ms,
-            "pending_latency_us": load.pending_latency_us}
+            "pending_latency_us": load.pending_latency_us, "gc_pauses": m.get("gc_pauses", {})}
 
 
 def print_report(fig: dict[str, Any]) -> None:
@@ -289,6 +301,10 @@ def print_report(fig: dict[str, Any]) -> None:
     if mach:
         print(f"\nmachine    idle {mach['idle_share']:.0%}, steal {mach['steal_share']:.0%} "
               f"of {os.cpu_count()} cores")
+    for line in gcpauses.lines(fig["gc_pauses"]):
+        print("gc         " + line)
+    if "notifications" in fig:
+        print("notices    " + backlog.line(fig["notifications"]))
     for note in fig["notes"]:
         print("note       " + note)
 
@@ -385,7 +401,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.knobs:
             stack.set_knobs(args.knobs)
             print(f"bench: sandbox knobs {args.knobs}", flush=True)
-        fig = report(measure(args, stack, work))
+        m = measure(args, stack, work)
+        fig = report(m)
+        fig["notifications"] = backlog.summary(fig, *m["drains"])
         fig["sandbox_knobs"] = args.knobs
         print_report(fig)
         print(f"\nresults    {save(fig, args, started, args.out)}")

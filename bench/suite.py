@@ -59,9 +59,15 @@ def run_target(t: Any, cfg: dict[str, Any], half_rate: float | None,
     for frac in cfg["fractions"]:
         rate = min(best["orders_per_s"] * frac, OPEN_RATE_MAX)
         curve.append(phases.open_loop(t, rate, cfg["open_s"]))
+    n = best["notifications"]
     out = {"label": t.label, "max_orders_per_s": best["orders_per_s"], "best_conns": best["conns"],
            "cpu_us_per_order": phases.grouped_us(best), "closed": closed, "half_load": half,
-           "curve": curve}
+           "curve": curve,
+           # the best closed phase had it also delivered the notifications it left (backlog)
+           "sustained_max_orders_per_s": n["sustained_orders_per_s"],
+           "notifications_left_at_max": n["pending_at_end"],
+           "cpu_us_per_order_with_drain": phases.grouped_us(
+               {"cpu_us_per_order": n["cpu_us_per_order_with_drain"]})}
     if t.name == "bare":
         out["client_call"] = ceiling.client_call_us(t.url, cfg["client_s"])
     return out
@@ -109,6 +115,9 @@ def derive(results: dict[str, Any], rsa: dict[str, float]) -> dict[str, Any]:
     for name in ("bare", "naive_ray", "ray_serve"):
         other = results.get(name, {}).get("max_orders_per_s")
         out[f"ratio_max_paycell_over_{name}"] = p["max_orders_per_s"] / other if other else None
+        other = results.get(name, {}).get("sustained_max_orders_per_s")
+        out[f"ratio_sustained_paycell_over_{name}"] = (
+            p["sustained_max_orders_per_s"] / other if other else None)
     if "max_orders_per_s" in bare:
         parts = {"sandbox_us": p["cpu_us_per_order"]["sandbox"],
                  "http_server_hop_us": bare["cpu_us_per_order"]["gateway"],

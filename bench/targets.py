@@ -35,9 +35,11 @@ class PaycellTarget:
         self.work = Path(tempfile.mkdtemp(prefix="paycell-suite-"))
         self.stack = Stack(self.work)
         self.url = self.stack.url
+        self.sandbox_url: str | None = None
 
     def start(self) -> None:
         self.stack.start()
+        self.sandbox_url = self.stack.sandbox_url
 
     def snapshot(self) -> procs.Snapshot:
         return procs.snapshot(self.stack.pid)
@@ -61,6 +63,7 @@ class BaselineTarget:
         self.url = f"http://127.0.0.1:{self.port}"
         self.helpers: list[Child] = []
         self.server: Child | None = None
+        self.sandbox_url: str | None = None
         self._tree: procs.Snapshot = {}
 
     def start(self) -> None:
@@ -85,6 +88,7 @@ class BaselineTarget:
         settings = config.settings()
         self.helpers.append(start_redis(settings, self.work))
         self.helpers.append(start_sandbox(settings, self.work))
+        self.sandbox_url = settings.sandbox.url()
         return config
 
     def snapshot(self) -> procs.Snapshot:

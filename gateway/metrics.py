@@ -4,8 +4,11 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
+                                   Metric)
 from prometheus_client.registry import Collector
+
+from core import heap
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.8, 1, 2.5, 5)
 
@@ -55,6 +58,34 @@ class ReconcilerMetrics(Collector):
                                 "Reconciliation runs in progress", value=s["runs_inflight"])
 
 
+class GcPauseMetrics(Collector):
+    """The collector's pauses (core.heap) of the gateway itself and of each shard host, as the
+    hosts last reported them (`update`, from their pings, before /metrics renders). A pause
+    stops every request the process holds, so this is where latency spikes of a process show."""
+
+    def __init__(self) -> None:
+        self._hosts: dict[str, dict[str, Any]] = {}
+
+    def update(self, process: str, pauses: dict[str, Any]) -> None:
+        self._hosts[process] = pauses
+
+    def collect(self) -> Iterator[Metric]:
+        hist = HistogramMetricFamily(
+            "paycell_gc_pause_seconds", "Garbage collector pauses by process (gateway, "
+            "host-N) and generation (2: full collections), since the process started",
+            labels=["process", "generation"])
+        longest = GaugeMetricFamily(
+            "paycell_gc_pause_max_seconds", "The longest collector pause by process and "
+            "generation, since the process started", labels=["process", "generation"])
+        for process, pauses in [("gateway", heap.pauses()), *sorted(self._hosts.items())]:
+            for gen, p in sorted(pauses.items()):
+                buckets = [(str(b), n) for b, n in zip(heap.PAUSE_BUCKETS_S, p["buckets"])]
+                hist.add_metric([process, gen], [*buckets, ("+Inf", p["count"])], p["seconds"])
+                longest.add_metric([process, gen], p["max_s"])
+        yield hist
+        yield longest
+
+
 def _by_channel(family: CounterMetricFamily,
                 counts: dict[str, dict[str, int]]) -> CounterMetricFamily:
     for channel, by_label in sorted(counts.items()):
@@ -87,6 +118,8 @@ class GatewayMetrics:
                                  "operators, by shard", ["shard"], registry=self.registry)
         self.reconciler = ReconcilerMetrics()
         self.registry.register(self.reconciler)
+        self.gc = GcPauseMetrics()
+        self.registry.register(self.gc)
 
         # Labelled children, looked up once per (route, status): labels() costs more than the
         # increment itself on every request.

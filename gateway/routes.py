@@ -186,7 +186,8 @@ async def openapi(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     await asyncio.gather(_refresh_event_gauges(request.app),
-                         refresh_reconciler_metrics(request.app))
+                         refresh_reconciler_metrics(request.app),
+                         _refresh_host_pauses(request.app))
     return web.Response(body=request.app[keys.METRICS].render(),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
@@ -206,6 +207,20 @@ async def _refresh_event_gauges(app: web.Application) -> None:
     for shard in range(o.shard_count):
         m.events_due.labels(str(shard)).set(counts[2 * shard])
         m.events_dead.labels(str(shard)).set(counts[2 * shard + 1])
+
+
+async def _refresh_host_pauses(app: web.Application) -> None:
+    """Each shard host's collector pauses (from its ping); a host that does not answer in time
+    keeps what it last reported."""
+    shards, m = app[keys.SHARDS], app[keys.METRICS]
+
+    async def one(host: int) -> None:
+        try:
+            ping = await asyncio.wait_for(shards.host_ping(host), READY_TIMEOUT_S)
+        except (PaycellError, asyncio.TimeoutError):
+            return
+        m.gc.update(f"host-{host}", ping.get("gc", {}))
+    await asyncio.gather(*(one(h) for h in range(shards.hosts)))
 
 
 def add_routes(app: web.Application) -> None:

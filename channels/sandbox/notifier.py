@@ -55,6 +55,8 @@ class Notifier:
         self._workers: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        self._waiting = 0      # deliveries in their delay (notify_delay_ms, a retry's wait)
+        self._posting = 0      # deliveries a worker is posting
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
@@ -68,6 +70,12 @@ class Notifier:
         await asyncio.gather(*self._workers, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
+
+    @property
+    def pending(self) -> int:
+        """Deliveries not yet done: in their delay, waiting for a worker, or being posted (what
+        a benchmark waits for between its phases)."""
+        return self._waiting + self._queue.qsize() + self._posting
 
     def send(self, delivery: Delivery) -> None:
         """Schedule `delivery` (never blocks); the knobs may drop, delay or duplicate it."""
@@ -88,7 +96,12 @@ class Notifier:
         if delay_ms <= 0:
             self._enqueue(delivery)
         else:
-            asyncio.get_running_loop().call_later(delay_ms / 1000, self._enqueue, delivery)
+            self._waiting += 1
+            asyncio.get_running_loop().call_later(delay_ms / 1000, self._due, delivery)
+
+    def _due(self, delivery: Delivery) -> None:
+        self._waiting -= 1
+        self._enqueue(delivery)
 
     def _enqueue(self, delivery: Delivery) -> None:
         if self._closed:
@@ -101,7 +114,11 @@ class Notifier:
     async def _work(self) -> None:
         while True:
             delivery = await self._queue.get()
-            acked = await self._post(delivery)
+            self._posting += 1
+            try:
+                acked = await self._post(delivery)
+            finally:
+                self._posting -= 1
             trade = self._ledger.get(delivery.out_trade_no)
             if trade is not None:
                 trade.notifies_sent += 1

@@ -403,6 +403,25 @@ async def test_notification_retries_until_success(alipay: AlipayConnector, sandb
     assert (await _ledger(http, sandbox, req.order_id))["notifies_sent"] == 3
 
 
+async def test_health_counts_a_notification_as_pending_until_it_is_delivered(
+        alipay: AlipayConnector, sandbox: str, receiver: tuple[Receiver, str],
+        http: aiohttp.ClientSession) -> None:
+    async def pending() -> int:
+        async with http.get(sandbox + "/_sandbox/health") as resp:
+            return int((await resp.json())["notify_pending"])
+    assert await pending() == 0
+    req = _order(0)
+    receiver[0].fail_first[req.order_id] = 1     # refused once: pending through its retry too
+    await alipay.charge(req)
+    assert await pending() == 1                  # in its notify_delay_ms
+
+    async def delivered() -> bool:
+        return (await _ledger(http, sandbox, req.order_id)).get("notifies_acked") == 1
+    await _eventually(delivered)
+    assert len(receiver[0].forms(req.order_id)) == 2
+    assert await pending() == 0
+
+
 async def test_notify_duplicate_and_drop_knobs(alipay: AlipayConnector, sandbox: str,
                                                receiver: tuple[Receiver, str],
                                                http: aiohttp.ClientSession) -> None:

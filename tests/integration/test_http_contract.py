@@ -129,3 +129,7 @@ async def test_ready_and_metrics(stack):
     assert status == 200 and headers["Content-Type"].startswith("text/plain")
     assert 'paycell_gateway_requests_total{route="create_order",status="200"}' in text
     assert "paycell_gateway_request_duration_seconds_bucket" in text
+    # each shard host reports its collector's pauses (core.heap, started once it was up)
+    young = [line for line in text.splitlines() if line.startswith(
+        'paycell_gc_pause_seconds_count{generation="0",process="host-0"}')]
+    assert len(young) == 1 and float(young[0].split()[-1]) > 0, young

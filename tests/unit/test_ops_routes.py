@@ -31,6 +31,9 @@ class Shards:
     async def ping(self, shard: int) -> dict[str, Any]:
         return {}
 
+    async def host_ping(self, host: int) -> dict[str, Any]:
+        return {}
+
     async def submit(self, host: int, tickets: Any, shards: Any, cmds: Any) -> list[Any]:
         raise AssertionError("no orders here")
 
