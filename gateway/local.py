@@ -59,9 +59,10 @@ def reserve_port(host: str, port: int, setting: str) -> socket.socket:
     return sock
 
 
-# Ports that nothing else on the machine picks by itself: above Ray's worker ports (10002-19999)
-# and below the kernel's ephemeral range, from which bind(0), outgoing connections and Ray's own
-# random ports (chosen at or above a bind(0) port) are all drawn.
+# Ports that nothing else on the machine picks by itself: below the kernel's ephemeral range,
+# from which bind(0), outgoing connections and Ray's own ports are drawn (its random ones are
+# chosen at or above a bind(0) port; its workers bound 33,000-42,000 in bench.restart here), and
+# above the ports of well-known services (Redis 6379, 8080, Ray's 10001 client port).
 _QUIET_PORTS_FROM = 20000
 _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _handed_out: set[int] = set()  # a test picks several ports before binding any of them

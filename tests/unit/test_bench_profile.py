@@ -1,5 +1,7 @@
-"""bench.profile's categories of py-spy samples."""
-from bench.profile import OTHER, categorize
+"""bench.profile's categories of py-spy samples, and its options."""
+import pytest
+
+from bench.profile import OTHER, categorize, parse_args
 
 FOLDED = "\n".join([
     "Thread.run (threading.py:982);OrderShard._charge (actors/shard.py:500);"
@@ -26,3 +28,17 @@ def test_the_innermost_known_frame_decides():
                     "HTTP server (aiohttp web)": 6,
                     "actor calls (Ray; the host links)": 1,
                     "Redis client (redis-py, core/resp.py)": 3 + 8, OTHER: 2}
+
+
+def test_profile_takes_a_closed_loop_or_an_open_loop_rate() -> None:
+    assert parse_args(["--rate", "300"]).rate == 300 and parse_args(["--rate", "300"]).closed is None
+    with pytest.raises(SystemExit):
+        parse_args(["--rate", "300", "--closed", "64"])
+    with pytest.raises(SystemExit):
+        parse_args(["--rate", "0"])
+
+
+def test_hottest_lines_are_the_innermost_frames_with_the_most_samples() -> None:
+    from bench.profile import hottest
+    folded = "a (x.py:1);b (y.py:2) 3\nc (z.py:3);b (y.py:2) 4\na (x.py:1) 5\nbad line\n"
+    assert hottest(folded, 2) == [("b (y.py:2)", 7), ("a (x.py:1)", 5)]

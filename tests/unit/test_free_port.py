@@ -8,7 +8,7 @@ from core.errors import ConfigError
 from gateway.local import free_port, port_is_free, reserve_port
 
 
-def test_free_ports_are_free_distinct_and_outside_the_ephemeral_and_ray_worker_ranges():
+def test_free_ports_are_free_distinct_and_below_the_ephemeral_range():
     low, _ = (int(x) for x in open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
     ports = [free_port() for _ in range(50)]
     assert len(set(ports)) == 50
