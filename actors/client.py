@@ -63,6 +63,8 @@ class ShardClient:
         self._linking: dict[int, asyncio.Future[HostLink]] = {}
         self.link_calls = 0       # observability: calls that went over a host link
         self.links_opened = 0
+        self.links_dropped = 0    # links given up after a call heard nothing (see _call_host)
+        self._closed = False
 
     def host_of(self, shard: int) -> int:
         return host_of(shard, self.hosts)
@@ -72,12 +74,15 @@ class ShardClient:
             return await self._ray_call(host, method, *args)
         repeatable = method == "ping" or (
             method == "call" and len(args) > 1 and args[1] in _REPEATABLE_SHARD_METHODS)
+        link: HostLink | None = None
+        sent = 0.0
         try:
             for attempt in (1, 2):
                 link = self._links.get(host)
                 if link is None or link.closed:
                     link = await self._open_link(host)
                 self.link_calls += 1
+                sent = asyncio.get_running_loop().time()
                 try:
                     return await asyncio.wait_for(link.call(method, *args), self._timeout_s)
                 except LinkLost:
@@ -85,6 +90,11 @@ class ShardClient:
                         raise
             raise AssertionError("unreachable")
         except asyncio.TimeoutError:
+            if link is not None and link.silent_since(sent):
+                # not a byte from the host for a whole call timeout: gone without a FIN (a lost
+                # node, a partition) or hung. Drop the link, so the next call asks Ray, which
+                # knows whether the host restarted elsewhere.
+                self._drop_link(host, link)
             raise Unavailable(f"shard host {host} did not answer in time",
                               retry_after_s=1) from None
         except (LinkLost, RemoteError) as e:
@@ -113,11 +123,21 @@ class ShardClient:
                     raise
                 await asyncio.sleep(LINK_OPEN_RETRY_S)
         link = await HostLink.connect(address, port, token, self._timeout_s)
+        if self._closed:          # closed while this link was being opened: do not keep it
+            link.close()
+            raise Unavailable("the shard client is closed", retry_after_s=1)
         self._links[host] = link
         self.links_opened += 1
         return link
 
+    def _drop_link(self, host: int, link: HostLink) -> None:
+        link.close()
+        if self._links.get(host) is link:
+            del self._links[host]
+        self.links_dropped += 1
+
     def close(self) -> None:
+        self._closed = True
         for link in self._links.values():
             link.close()
         self._links.clear()

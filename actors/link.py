@@ -28,6 +28,8 @@ from typing import Any, cast
 
 FRAME_MAX_BYTES = 64 * 1024 * 1024   # one request or answer, at most (a batch of replies)
 TOKEN_BYTES = 32
+HANDSHAKE_TIMEOUT_S = 5.0            # a connection must show the token within this
+WRITE_BUFFER_MAX_BYTES = 64 * 1024 * 1024   # unsent to a host that reads nothing: the link is dead
 LINK_METHODS = frozenset({"submit", "await_replies", "notify_many", "call", "ping"})
 _HEADER = 4
 
@@ -79,17 +81,23 @@ class LinkServer:
         self._address = address
         self.token = secrets.token_bytes(TOKEN_BYTES)
         self._server: asyncio.base_events.Server | None = None
+        self._starting: asyncio.Task[None] | None = None
         self._sides: set[_ServerSide] = set()
         self.port = 0
         self.refused = 0          # observability: connections closed for a bad token or frame
 
     async def start(self) -> tuple[str, int, bytes]:
-        """(address, port, token), the server started on first use."""
-        if self._server is None:
-            loop = asyncio.get_running_loop()
-            self._server = await loop.create_server(lambda: _ServerSide(self), self._address, 0)
-            self.port = self._server.sockets[0].getsockname()[1]
+        """(address, port, token), the server started on first use (once, however many callers
+        ask at the same time: an async actor serves its `open_link` calls concurrently)."""
+        if self._starting is None:
+            self._starting = asyncio.get_running_loop().create_task(self._listen())
+        await asyncio.shield(self._starting)
         return self._address, self.port, self.token
+
+    async def _listen(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _ServerSide(self), self._address, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
 
     def close(self) -> None:
         """Stop listening and drop every connection (their calls in flight fail: LinkLost)."""
@@ -116,11 +124,20 @@ class _ServerSide(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._frames = _Frames(first_max=TOKEN_BYTES)   # the token, before anything else
         self._trusted = False
+        self._handshake: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)   # (uvloop's is no subclass)
         self._server._sides.add(self)
+        # the listener is on the node's address: a connection that does not show the token in
+        # time is dropped, so nobody holds connections open without it
+        self._handshake = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT_S,
+                                                                self._untrusted_timeout)
+
+    def _untrusted_timeout(self) -> None:
+        if not self._trusted:
+            self._refuse()
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -138,6 +155,8 @@ class _ServerSide(asyncio.Protocol):
                     self._refuse()
                     return
                 self._trusted = True
+                if self._handshake is not None:
+                    self._handshake.cancel()
                 continue
             try:
                 req_id, method, args = pickle.loads(payload)
@@ -160,6 +179,8 @@ class _ServerSide(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        if self._handshake is not None:
+            self._handshake.cancel()
         self._server._sides.discard(self)
 
 
@@ -174,6 +195,8 @@ class HostLink(asyncio.Protocol):
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
         self.closed = False
+        self.sent_at = 0.0        # loop time of the last call sent, and of the last bytes heard:
+        self.heard_at = 0.0       # a link that heard nothing since a call timed out is dead
 
     @classmethod
     async def connect(cls, address: str, port: int, token: bytes, timeout_s: float) -> HostLink:
@@ -192,9 +215,11 @@ class HostLink(asyncio.Protocol):
             fut.set_exception(LinkLost("link closed"))
             return fut
         req_id = next(self._ids)
+        frame = _frame((req_id, method, args))     # raises (unpicklable, too big): no future left
         self._calls[req_id] = fut
         fut.add_done_callback(lambda _: self._calls.pop(req_id, None))  # (also when abandoned)
-        self._write(_frame((req_id, method, args)))
+        self.sent_at = asyncio.get_running_loop().time()
+        self._write(frame)
         return fut
 
     def close(self) -> None:
@@ -211,8 +236,13 @@ class HostLink(asyncio.Protocol):
         except ValueError:
             self.close()
             return
+        self.heard_at = asyncio.get_running_loop().time()
         for payload in payloads:
-            req_id, ok, value = pickle.loads(payload)
+            try:
+                req_id, ok, value = pickle.loads(payload)
+            except Exception:  # a host's answer we cannot read: no call on it can be trusted
+                self.close()
+                return
             fut = self._calls.pop(req_id, None)
             if fut is None or fut.done():
                 continue            # its caller gave up (timeout)
@@ -229,7 +259,14 @@ class HostLink(asyncio.Protocol):
         if self._transport is None or self._transport.is_closing():
             self._lost("connection lost")
             return
+        if self._transport.get_write_buffer_size() > WRITE_BUFFER_MAX_BYTES:
+            self.close()          # the host stopped reading (hung, or gone without a word)
+            return
         self._transport.write(data)
+
+    def silent_since(self, t: float) -> bool:
+        """Nothing heard from the host since loop time `t` (a call sent then timed out)."""
+        return self.heard_at < t
 
     def _lost(self, why: str) -> None:
         self.closed = True

@@ -114,11 +114,16 @@ class LeanRedis:
         task = self._connecting
         if task is None:
             task = self._connecting = asyncio.get_running_loop().create_task(self._connect())
-        try:
-            await asyncio.shield(task)
-        finally:
-            if task.done() and self._connecting is task:
-                self._connecting = None
+            # forgotten once done, even if every waiter was cancelled meanwhile (a stale task
+            # would answer the next reconnect, hours later, with this one's outcome)
+            task.add_done_callback(self._connected)
+        await asyncio.shield(task)
+
+    def _connected(self, task: asyncio.Task[None]) -> None:
+        if self._connecting is task:
+            self._connecting = None
+        if not task.cancelled():
+            task.exception()      # retrieved here: the waiters may all be gone
 
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
@@ -130,6 +135,8 @@ class LeanRedis:
             raise RedisTimeoutError(f"connect to {self._addr} timed out") from None
         except OSError as e:
             raise RedisConnectionError(f"connect to {self._addr}: {e}") from None
+        if transport.is_closing():    # lost before this resumed: its loss went unheard
+            raise RedisConnectionError(f"connect to {self._addr}: lost at once")
         self._transport, self._proto = transport, proto
         self._reader = hiredis.Reader(replyError=ResponseError, notEnoughData=_MORE)
         self.connects += 1

@@ -114,3 +114,23 @@ async def test_nothing_listening_is_a_connection_error():
     lean = LeanRedis("127.0.0.1", free_port(), connect_timeout_s=1)
     with pytest.raises(RedisConnectionError):
         await lean.execute("PING")
+
+
+async def test_a_connect_whose_waiters_all_gave_up_is_not_the_answer_to_the_next(
+        server: OwnRedis):
+    """The first command's caller is cancelled while Redis is down, so nobody waits for that
+    connect's failure. Once Redis is back, the next command connects afresh."""
+    lean = LeanRedis("127.0.0.1", server.port, op_timeout_s=1, connect_timeout_s=1)
+    server.kill()
+    try:
+        first = asyncio.ensure_future(lean.execute("PING"))
+        await asyncio.sleep(0)
+        first.cancel()
+        await asyncio.gather(first, return_exceptions=True)
+        await asyncio.sleep(0.2)                     # that connect has failed by now
+    finally:
+        server.start_again()
+    try:
+        assert await lean.execute("PING") == b"PONG"
+    finally:
+        await lean.close()

@@ -126,3 +126,113 @@ def test_frames_split_a_stream_at_any_point_and_bound_their_size() -> None:
         _Frames().feed((FRAME_MAX_BYTES + 1).to_bytes(4, "big"))
     with pytest.raises(ValueError):
         _Frames(first_max=32).feed((33).to_bytes(4, "big"))
+
+
+# ---- a host gone without a word; races and bad frames ---------------------------------------
+
+class _Restarted:
+    async def ping(self) -> dict[str, Any]:
+        return {"pid": "the new incarnation"}
+
+
+async def test_a_link_that_hears_nothing_for_a_call_timeout_is_dropped_and_asked_for_again(
+        ) -> None:
+    """A host whose node vanished sends no FIN: its link looks open. A call that times out with
+    not a byte heard drops the link, so the next call asks Ray (here: a stand-in) again and
+    reaches the restarted host."""
+    from actors.client import ShardClient
+    from core.errors import Unavailable
+    from core.settings import load_settings
+    held: list[asyncio.StreamWriter] = []
+
+    async def black_hole(_: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        held.append(w)                      # accepts, never reads, never answers
+    dead = await asyncio.start_server(black_hole, "127.0.0.1", 0)
+    new = LinkServer(_Restarted(), "127.0.0.1")
+    _, new_port, new_token = await new.start()
+    where = {"port": dead.sockets[0].getsockname()[1], "token": b"t" * 32}
+    asked = []
+
+    async def open_link_through_ray(host: int, method: str, *args: Any) -> Any:
+        asked.append(method)
+        return "127.0.0.1", where["port"], where["token"]
+    client = ShardClient(load_settings(env={}))
+    client._timeout_s = 0.2
+    client._ray_call = open_link_through_ray     # type: ignore[method-assign]
+    try:
+        with pytest.raises(Unavailable, match="did not answer in time"):
+            await client.host_ping(0)
+        assert client.links_dropped == 1 and 0 not in client._links
+        where.update(port=new_port, token=new_token)     # Ray restarted it elsewhere
+        assert await client.host_ping(0) == {"pid": "the new incarnation"}
+        assert asked == ["open_link", "open_link"]
+    finally:
+        client.close()
+        new.close()
+        dead.close()
+        for w in held:
+            w.close()
+
+
+async def test_a_slow_answer_on_a_link_that_talks_keeps_the_link(served: Any) -> None:
+    from actors.client import ShardClient
+    from core.errors import Unavailable
+    from core.settings import load_settings
+    target, server, connect = served
+    link = await connect()
+    client = ShardClient(load_settings(env={}))
+    client._timeout_s = 0.3
+    client._links[0] = link
+
+    async def chatter() -> None:   # other calls on the link keep answering meanwhile
+        for _ in range(6):
+            await link.call("ping")
+            await asyncio.sleep(0.05)
+    talk = asyncio.ensure_future(chatter())
+    with pytest.raises(Unavailable):
+        await client._call_host(0, "await_replies", ["t"], 5.0)   # held until released
+    await talk
+    assert client.links_dropped == 0 and client._links[0] is link and not link.closed
+
+
+async def test_concurrent_starts_open_one_listener() -> None:
+    server = LinkServer(Target(), "127.0.0.1")
+    answers = await asyncio.gather(*(server.start() for _ in range(5)))
+    assert len({port for _, port, _ in answers}) == 1
+    server.close()
+    address, port, token = answers[0]
+    with pytest.raises(LinkLost):
+        await HostLink.connect(address, port, token, 0.5)
+
+
+async def test_a_connection_without_the_token_is_dropped_after_the_handshake_time(
+        served: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import actors.link
+    monkeypatch.setattr(actors.link, "HANDSHAKE_TIMEOUT_S", 0.1)
+    _, server, _ = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        assert await asyncio.wait_for(reader.read(), 2.0) == b""   # closed by the host
+        assert server.refused == 1
+    finally:
+        writer.close()
+
+
+async def test_an_answer_that_cannot_be_read_closes_the_link_and_fails_its_calls(
+        served: Any) -> None:
+    _, _, connect = served
+    link = await connect()
+    pending = link.call("await_replies", ["t"], 5.0)
+    link.data_received(len(b"garbage").to_bytes(4, "big") + b"garbage")
+    with pytest.raises(LinkLost):
+        await pending
+    assert link.closed
+
+
+async def test_a_call_that_cannot_be_framed_leaves_no_call_behind(served: Any) -> None:
+    _, _, connect = served
+    link = await connect()
+    with pytest.raises((pickle.PicklingError, TypeError, AttributeError)):
+        link.call("submit", lambda: None)
+    assert link._calls == {}
+    assert await link.call("ping") == {"pid": 1}
