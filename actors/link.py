@@ -195,8 +195,7 @@ class HostLink(asyncio.Protocol):
         self._calls: dict[int, asyncio.Future[Any]] = {}
         self._ids = itertools.count(1)
         self.closed = False
-        self.sent_at = 0.0        # loop time of the last call sent, and of the last bytes heard:
-        self.heard_at = 0.0       # a link that heard nothing since a call timed out is dead
+        self.heard_at = 0.0       # loop time of the last bytes from the host (silent_since)
 
     @classmethod
     async def connect(cls, address: str, port: int, token: bytes, timeout_s: float) -> HostLink:
@@ -218,7 +217,6 @@ class HostLink(asyncio.Protocol):
         frame = _frame((req_id, method, args))     # raises (unpicklable, too big): no future left
         self._calls[req_id] = fut
         fut.add_done_callback(lambda _: self._calls.pop(req_id, None))  # (also when abandoned)
-        self.sent_at = asyncio.get_running_loop().time()
         self._write(frame)
         return fut
 

@@ -6,8 +6,8 @@ ends with part of its orders' notification work still to do: a later phase would
 (the first open phase after the closed ones showed p99 twice the later ones' for exactly this),
 and the phase's own orders/s would leave it out. So every measured phase starts from a sandbox
 with nothing pending (`drain`), and a phase's figures say what it left behind and how long
-delivering it took, from which bench.phases derives the sustained rate (the orders of the
-window over the window plus the time its notifications still needed).
+delivering it took, and from that the sustained rate (`summary`: the window's orders over the
+window plus the time its notifications still needed).
 """
 from __future__ import annotations
 
