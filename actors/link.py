@@ -15,7 +15,9 @@ answer (id, True, result) or (id, False, "ErrorType: message"). Only LINK_METHOD
 Failure is Ray's, made explicit: a lost connection fails every call in flight on it (the host
 died or restarts); the caller answers 503 and the client retries with the same key, which the
 shard makes idempotent. The next call asks Ray for the link again, so it reaches the new
-incarnation.
+incarnation. A host gone without a word (its node lost or cut off: no FIN) is noticed by the
+caller: a call that times out with not a byte heard from the host since it was sent drops the
+link (ShardClient._call_host), and so does a write buffer the host stopped draining.
 """
 from __future__ import annotations
 
