@@ -134,12 +134,8 @@ class _ServerSide(asyncio.Protocol):
         self._server._sides.add(self)
         # the listener is on the node's address: a connection that does not show the token in
         # time is dropped, so nobody holds connections open without it
-        self._handshake = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT_S,
-                                                                self._untrusted_timeout)
-
-    def _untrusted_timeout(self) -> None:
-        if not self._trusted:
-            self._refuse()
+        # (cancelled once the token is in)
+        self._handshake = asyncio.get_running_loop().call_later(HANDSHAKE_TIMEOUT_S, self._refuse)
 
     def abort(self) -> None:
         if self._transport is not None:

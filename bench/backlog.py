@@ -61,17 +61,15 @@ def drain(sandbox_url: str | None, max_s: float = DRAIN_MAX_S) -> Drained:
     return Drained(first, seconds, float(delay_ms) / 1000, left)
 
 
-def summary(fig: dict[str, Any], before: Drained, after: Drained,
+def summary(ok: int, wall_s: float, before: Drained, after: Drained,
             cpu_with_drain: dict[str, float]) -> dict[str, Any]:
-    """What the phase left to deliver, and the phase's figures had it waited for that: orders/s
-    over the window plus the drain (less the channel's own notify delay) and CPU per order with
-    the drain's CPU."""
-    ok = fig["orders_ok"]
+    """What a window of `ok` orders over `wall_s` left to deliver, and its figures had it waited
+    for that: orders/s over the window plus the drain (less the channel's own notify delay) and
+    CPU per order with the drain's CPU."""
     return {"pending_before": before.pending, "settle_s": before.seconds,
             "pending_at_end": after.pending, "drain_s": after.seconds,
             "left_after_drain": after.left,
-            "sustained_orders_per_s": ok / (fig["load_wall_s"] + after.work_s)
-            if fig["load_wall_s"] else float("nan"),
+            "sustained_orders_per_s": ok / (wall_s + after.work_s) if wall_s else float("nan"),
             "cpu_us_per_order_with_drain": procs.us_per_order(cpu_with_drain, ok)}
 
 

@@ -2,13 +2,12 @@
 with the CPU of every process group over the phase. Figures come out as ``bench.run.report``."""
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from bench import backlog, gcpauses, procs
+from bench import procs
 from bench.load import Load, run_open
-from bench.run import POOL_SLACK, report, run_wrk, signed_pool, write_pool
+from bench.run import POOL_SLACK, measured_window, report, run_wrk, signed_pool, write_pool
 
 
 class Target(Protocol):
@@ -20,27 +19,7 @@ class Target(Protocol):
 
 
 def _measured(target: Target, go: Callable[[], tuple[Load, float]]) -> dict[str, Any]:
-    """One measured phase, started once the sandbox has no notification left from the last
-    (bench.backlog); its figures, and what it left behind (fig["notifications"])."""
-    sandbox = target.sandbox_url
-    before = backlog.drain(sandbox)
-    gc0 = gcpauses.scrape(target.url, sandbox)
-    stat0, snap0 = procs.read_proc_stat(), target.snapshot()
-    t0 = time.monotonic()
-    load, loadgen_cpu = go()
-    window = time.monotonic() - t0
-    snap1, stat1 = target.snapshot(), procs.read_proc_stat()
-    gc1 = gcpauses.scrape(target.url, sandbox)
-    after = backlog.drain(sandbox)
-    cpu, vanished = procs.cpu_delta(snap0, snap1)
-    cpu[procs.LOADGEN] += loadgen_cpu
-    machine = procs.machine_shares(stat0, stat1) if stat0 and stat1 else {}
-    fig = report({"load": load, "cpu_s": cpu, "vanished": vanished, "window_s": window,
-                  "idle": {}, "machine": machine, "gc_pauses": gcpauses.window(gc0, gc1)})
-    with_drain, _ = procs.cpu_delta(snap0, target.snapshot())
-    with_drain[procs.LOADGEN] += loadgen_cpu
-    fig["notifications"] = backlog.summary(fig, before, after, with_drain)
-    return fig
+    return report(measured_window(target.url, target.sandbox_url, target.snapshot, go))
 
 
 CYCLE_POOL = 4096              # requests replayed round and round when the target checks none

@@ -229,26 +229,36 @@ def measure(args: argparse.Namespace, stack: Stack, work: Path) -> dict[str, Any
     if args.warmup > 0:
         print(f"bench: warm-up {args.warmup:g} s ...", flush=True)
         prepared(args.warmup, "warm")()
-    before = backlog.drain(stack.sandbox_url)   # the warm-up's notifications are not ours
+    backlog.drain(stack.sandbox_url)   # the warm-up's notifications: not in the idle baseline
     idle = idle_baseline(stack.pid, args.idle)
     go = prepared(args.duration, "run")
     print(f"bench: measuring {args.duration:g} s ...", flush=True)
-    gc0 = gcpauses.scrape(stack.url, stack.sandbox_url)
-    stat0, snap0 = procs.read_proc_stat(), procs.snapshot(stack.pid)
+    return {**measured_window(stack.url, stack.sandbox_url, lambda: procs.snapshot(stack.pid), go),
+            "idle": idle}
+
+
+def measured_window(url: str, sandbox_url: str | None, snapshot: Callable[[], procs.Snapshot],
+                    go: Callable[[], tuple[Load, float]]) -> dict[str, Any]:
+    """One measured window of the stack at `url` (bench.run, and each phase of bench.suite):
+    started once its sandbox has no notification left from before (bench/backlog.py); its CPU
+    from `snapshot`, the collector pauses it added, and what it left the sandbox to deliver.
+    What `report` takes."""
+    before = backlog.drain(sandbox_url)
+    gc0 = gcpauses.scrape(url, sandbox_url)
+    stat0, snap0 = procs.read_proc_stat(), snapshot()
     t0 = time.monotonic()
     load, loadgen_cpu = go()
     window = time.monotonic() - t0
-    snap1, stat1 = procs.snapshot(stack.pid), procs.read_proc_stat()
-    gc1 = gcpauses.scrape(stack.url, stack.sandbox_url)
-    after = backlog.drain(stack.sandbox_url)
+    snap1, stat1 = snapshot(), procs.read_proc_stat()
+    gc1 = gcpauses.scrape(url, sandbox_url)
+    after = backlog.drain(sandbox_url)
     cpu, vanished = procs.cpu_delta(snap0, snap1)
-    cpu[procs.LOADGEN] += loadgen_cpu
-    with_drain, _ = procs.cpu_delta(snap0, procs.snapshot(stack.pid))
-    with_drain[procs.LOADGEN] += loadgen_cpu
-    return {"load": load, "cpu_s": cpu, "vanished": vanished, "window_s": window, "idle": idle,
+    with_drain, _ = procs.cpu_delta(snap0, snapshot())
+    for c in (cpu, with_drain):
+        c[procs.LOADGEN] += loadgen_cpu
+    return {"load": load, "cpu_s": cpu, "vanished": vanished, "window_s": window, "idle": {},
             "machine": procs.machine_shares(stat0, stat1) if stat0 and stat1 else {},
-            "gc_pauses": gcpauses.window(gc0, gc1),
-            "drains": (before, after, with_drain)}
+            "gc_pauses": gcpauses.window(gc0, gc1), "drains": (before, after, with_drain)}
 
 
 def report(m: dict[str, Any]) -> dict[str, Any]:
@@ -266,7 +276,8 @@ def report(m: dict[str, Any]) -> dict[str, Any]:
             "idle_cores": m["idle"], "vanished_processes": m["vanished"],
             "machine": m["machine"], "notes": load.notes,
             "send_lag_p99_ms": load.send_lag_p99_ms,
-            "pending_latency_us": load.pending_latency_us, "gc_pauses": m.get("gc_pauses", {})}
+            "pending_latency_us": load.pending_latency_us, "gc_pauses": m["gc_pauses"],
+            "notifications": backlog.summary(load.ok, load.wall_s, *m["drains"])}
 
 
 def print_report(fig: dict[str, Any]) -> None:
@@ -303,8 +314,7 @@ def print_report(fig: dict[str, Any]) -> None:
               f"of {os.cpu_count()} cores")
     for line in gcpauses.lines(fig["gc_pauses"]):
         print("gc         " + line)
-    if "notifications" in fig:
-        print("notices    " + backlog.line(fig["notifications"]))
+    print("notices    " + backlog.line(fig["notifications"]))
     for note in fig["notes"]:
         print("note       " + note)
 
@@ -401,9 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.knobs:
             stack.set_knobs(args.knobs)
             print(f"bench: sandbox knobs {args.knobs}", flush=True)
-        m = measure(args, stack, work)
-        fig = report(m)
-        fig["notifications"] = backlog.summary(fig, *m["drains"])
+        fig = report(measure(args, stack, work))
         fig["sandbox_knobs"] = args.knobs
         print_report(fig)
         print(f"\nresults    {save(fig, args, started, args.out)}")

@@ -54,9 +54,14 @@ def reserve_port(host: str, port: int, setting: str) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        env = "PAYCELL_" + setting.upper().replace(".", "__")
-        raise ConfigError(f"{setting}: {host}:{port} is in use ({e.strerror}; set {env})") from e
+        raise port_in_use(setting, host, port) from e
     return sock
+
+
+def port_in_use(setting: str, host: str, port: int) -> ConfigError:
+    """The error for a configured port something else holds, naming the setting to change."""
+    env = "PAYCELL_" + setting.upper().replace(".", "__")
+    return ConfigError(f"{setting}: {host}:{port} is in use (set {env})")
 
 
 # Ports that nothing else on the machine picks by itself: below the kernel's ephemeral range,
@@ -154,7 +159,7 @@ def http_ok(url: str, timeout_s: float = 0.5) -> bool:
 def redis_child(settings: Settings, data_dir: Path) -> Child:
     r = settings.redis
     if not port_is_free(r.host, r.port):
-        raise ConfigError(f"redis.port: {r.host}:{r.port} is in use (set PAYCELL_REDIS__PORT)")
+        raise port_in_use("redis.port", r.host, r.port)
     rdir = data_dir / "redis"
     rdir.mkdir(parents=True, exist_ok=True)
     argv = [r.server_binary, "--bind", r.host, "--port", str(r.port), "--dir", str(rdir),
@@ -173,7 +178,7 @@ def start_redis(settings: Settings, data_dir: Path) -> Child:
 def start_sandbox(settings: Settings, data_dir: Path, extra: Sequence[str] = ()) -> Child:
     sb = settings.sandbox
     if not port_is_free(sb.host, sb.port):
-        raise ConfigError(f"sandbox.port: {sb.host}:{sb.port} is in use (set PAYCELL_SANDBOX__PORT)")
+        raise port_in_use("sandbox.port", sb.host, sb.port)
     argv = [sys.executable, "-m", "channels.sandbox", "--host", sb.host, "--port", str(sb.port),
             *extra]
     child = Child("alipay-sandbox", argv, data_dir / "logs" / "sandbox.log")

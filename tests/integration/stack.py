@@ -76,6 +76,20 @@ class OwnRedis:
         self.child.stop()
 
 
+@contextlib.contextmanager
+def own_redis(data_dir: Path) -> Iterator[OwnRedis]:
+    """A test module's own redis-server on a free port (`appendfsync everysec`: its tests flush
+    it and write a lot), stopped by its PID afterwards, whatever happened."""
+    settings = load_settings(env={}, overrides={"redis": {"port": free_port(),
+                                                          "appendfsync": "everysec"}})
+    server = OwnRedis(settings, data_dir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     tree: dict[str, Any] = {
         "data_dir": str(data_dir),

@@ -14,8 +14,8 @@ from core.errors import Unauthenticated, Unavailable
 from core.resp import LeanRedis
 from gateway.auth import NONCE_TTL_MARGIN_S, RedisNonceStore, authenticate
 from gateway.client import signed_headers
-from core.settings import load_settings
-from gateway.local import free_port, start_redis
+from gateway.local import free_port
+from tests.integration.stack import own_redis
 
 pytestmark = pytest.mark.integration
 
@@ -26,13 +26,8 @@ WINDOW_S = 300
 @pytest.fixture(scope="module")
 def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A redis-server of this module's own (its tests flush it), started like paycell's."""
-    settings = load_settings(env={}, overrides={"redis": {"port": free_port(),
-                                                          "appendfsync": "everysec"}})
-    child = start_redis(settings, tmp_path_factory.mktemp("nonce-redis"))
-    try:
-        yield settings.redis.port
-    finally:
-        child.stop()
+    with own_redis(tmp_path_factory.mktemp("nonce-redis")) as server:
+        yield server.port
 
 
 @pytest.fixture

@@ -13,23 +13,16 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from core.resp import LeanRedis, LuaScript
-from core.settings import Settings, load_settings
 from gateway.local import free_port
-from tests.integration.stack import OwnRedis
+from tests.integration.stack import OwnRedis, own_redis
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnRedis]:
-    settings = load_settings(env={}, overrides={"redis": {"port": free_port(),
-                                                          "appendfsync": "everysec"}})
-    s = OwnRedis(settings, tmp_path_factory.mktemp("resp-redis"))
-    try:
-        s.start()
+    with own_redis(tmp_path_factory.mktemp("resp-redis")) as s:
         yield s
-    finally:
-        s.stop()
 
 
 @pytest.fixture

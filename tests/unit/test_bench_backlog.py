@@ -12,20 +12,16 @@ import pytest
 from bench import backlog, gcpauses, suite
 
 
-def _fig(ok: int, wall_s: float) -> dict[str, Any]:
-    return {"orders_ok": ok, "load_wall_s": wall_s}
-
-
 def test_the_sustained_rate_adds_the_drain_less_the_channels_own_delay() -> None:
     cpu = {"gateway": 2.0, "sandbox": 3.0}
     before = backlog.Drained(0, 0.0, 0.2, 0)
     after = backlog.Drained(pending=500, seconds=2.2, delay_s=0.2, left=0)
-    s = backlog.summary(_fig(1000, 10.0), before, after, cpu)
+    s = backlog.summary(1000, 10.0, before, after, cpu)
     assert s["sustained_orders_per_s"] == pytest.approx(1000 / 12.0)
     assert s["pending_at_end"] == 500 and s["left_after_drain"] == 0
     assert s["cpu_us_per_order_with_drain"]["total"] == pytest.approx(5000.0)
     # nothing left: the window alone
-    idle = backlog.summary(_fig(1000, 10.0), before, backlog.Drained(0, 0.0, 0.2, 0), cpu)
+    idle = backlog.summary(1000, 10.0, before, backlog.Drained(0, 0.0, 0.2, 0), cpu)
     assert idle["sustained_orders_per_s"] == pytest.approx(100.0)
     assert "500 channel notifications left undelivered" in backlog.line(s)
 

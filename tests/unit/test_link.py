@@ -236,3 +236,56 @@ async def test_a_call_that_cannot_be_framed_leaves_no_call_behind(served: Any) -
         link.call("submit", lambda: None)
     assert link._calls == {}
     assert await link.call("ping") == {"pid": 1}
+
+
+async def test_a_host_that_reads_nothing_closes_the_link_once_its_buffer_is_full(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import actors.link
+    monkeypatch.setattr(actors.link, "WRITE_BUFFER_MAX_BYTES", 256 * 1024)
+    held: list[asyncio.StreamWriter] = []
+
+    async def black_hole(_: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        held.append(w)                      # accepts, never reads
+    dead = await asyncio.start_server(black_hole, "127.0.0.1", 0)
+    link = await HostLink.connect("127.0.0.1", dead.sockets[0].getsockname()[1], b"t" * 32, 1.0)
+    try:
+        calls = []
+        for _ in range(200):                # 200 x 64 KiB: past the kernel's buffers and the cap
+            calls.append(link.call("submit", b"x" * 65536))
+            if link.closed:
+                break
+        assert link.closed
+        with pytest.raises(LinkLost):
+            await calls[0]
+        with pytest.raises(LinkLost):
+            await link.call("ping")
+    finally:
+        link.close()
+        dead.close()
+        for w in held:
+            w.close()
+
+
+async def test_a_shard_client_closed_while_a_link_opens_does_not_keep_it() -> None:
+    from actors.client import ShardClient
+    from core.errors import Unavailable
+    from core.settings import load_settings
+    server = LinkServer(_Restarted(), "127.0.0.1")
+    address, port, token = await server.start()
+    client = ShardClient(load_settings(env={}))
+    answer = asyncio.Event()
+
+    async def open_link_through_ray(host: int, method: str, *args: Any) -> Any:
+        await answer.wait()
+        return address, port, token
+    client._ray_call = open_link_through_ray     # type: ignore[method-assign]
+    try:
+        ping = asyncio.ensure_future(client.host_ping(0))
+        await asyncio.sleep(0.01)
+        client.close()                      # while Ray is still being asked
+        answer.set()
+        with pytest.raises(Unavailable, match="closed"):
+            await ping
+        assert client._links == {}
+    finally:
+        server.close()
